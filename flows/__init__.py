@@ -1,0 +1,1 @@
+"""Prefect flows: they compose the tasks in tasks/ and decide nothing themselves."""

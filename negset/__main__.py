@@ -1,0 +1,5 @@
+import sys
+
+from negset.cli import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""The ``negset`` command line: one sub-command per step, plus ``build`` and ``check``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from negset import __version__
+from negset.errors import NegsetError
+from negset.pipeline import STEPS
+
+EPILOG = """\
+examples:
+  negset check                      validate params.yaml and print the parsed values
+  negset build                      run every step in one Prefect flow
+  negset ingest                     run one step (what each dvc.yaml stage calls)
+  negset --no-prefect select        run a step without Prefect
+  negset --params other.yaml --json export
+  dvc repro                         run the stages that changed, each through negset
+"""
+
+STEP_HELP = {
+    "ingest": "pull candidates from the sources, pin and store them (data/ingest)",
+    "embed": "one vector per image with a pretrained CNN (data/embed)",
+    "tag": "lighting, background and occlusion tags (data/tags)",
+    "select": "choose negatives with per-stratum quotas (data/select)",
+    "export": "manifest, images, metrics and run record (data/negatives)",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="negset",
+        description="Build the negative half of a computer-vision dataset.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    p.add_argument("--root", default=None, help="project folder holding data/ (default: the params file's folder)")
+    p.add_argument("--json", action="store_true", help="print the step's summary as JSON on stdout")
+    p.add_argument(
+        "--no-prefect",
+        action="store_true",
+        default=os.environ.get("NEGSET_NO_PREFECT") == "1",
+        help="run without Prefect (also NEGSET_NO_PREFECT=1)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--version", action="version", version=f"negset {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for step in STEPS:
+        sub.add_parser(step, help=STEP_HELP[step], description=STEP_HELP[step])
+    sub.add_parser("build", help="run all steps in order, in one flow run")
+    sub.add_parser("check", help="validate the parameters file")
+    return p
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("negset")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s negset %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def _run(args) -> dict:
+    from negset.config import load_params
+    from negset.pipeline import run_step
+
+    params = load_params(args.params)  # fail fast, before any orchestration starts
+    root = str(Path(args.root).resolve()) if args.root else str(Path(args.params).resolve().parent)
+    params_path = str(Path(args.params).resolve())
+    if args.command == "check":
+        return params.model_dump(mode="json")
+    if args.no_prefect:
+        if args.command == "build":
+            return {step: run_step(step, params_path, root) for step in STEPS}
+        return run_step(args.command, params_path, root)
+    from flows import build as flows_build
+
+    if args.command == "build":
+        return flows_build.build(params_path=params_path, root=root)
+    return flows_build.stage(step=args.command, params_path=params_path, root=root)
+
+
+def _quiet_orchestration() -> None:
+    """No telemetry from Prefect or DVC: negset runs where only the package registries are reachable."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_orchestration()
+    args = _parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    try:
+        result = _run(args)
+    except NegsetError as exc:
+        print(f"negset: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("negset: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    elif args.command == "check":
+        print(f"{args.params}: valid")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The pipeline's steps by name, and a plain (orchestrator-free) runner."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from pathlib import Path
+
+from negset.config import Params, load_params
+from negset.layout import Layout
+
+STEPS = ("ingest", "embed", "tag", "select", "export")
+_MODULES = {"ingest": "negset.ingest", "embed": "negset.embed", "tag": "negset.tags", "select": "negset.select", "export": "negset.export"}
+
+log = logging.getLogger("negset")
+
+
+def step_function(name: str):
+    if name not in _MODULES:
+        raise KeyError(name)
+    return importlib.import_module(_MODULES[name]).run
+
+
+def run_step(name: str, params_path: str | Path, root: str | Path | None = None) -> dict:
+    """Validate the parameters and run one step; return its summary."""
+    params_path = Path(params_path)
+    params: Params = load_params(params_path)
+    layout = Layout.at(root if root is not None else params_path.resolve().parent)
+    start = time.monotonic()
+    summary = step_function(name)(params, layout)
+    log.info("%s finished in %.1fs", name, time.monotonic() - start)
+    return summary

@@ -1,0 +1,190 @@
+"""Step 3, tag: lighting, background and occlusion tags for every image.
+
+- lighting, from pixel statistics of the luminance: dark / dim / normal /
+  bright / high-contrast (thresholds in ``params.yaml`` ``tag.lighting``);
+- background, clusters of the embeddings (k-means, seeded), each named by
+  the ImageNet classes its members look most like;
+- occlusion, from box geometry when labels exist: the share of objects cut
+  by the frame or covered by another box: none / partial / heavy, and
+  ``unknown`` for unlabelled images.
+Each tag is stored with its source (``computed`` or ``annotation``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from negset import atomic
+from negset.config import Lighting, Occlusion, Params
+from negset.embed import imagenet_names, read_embeddings
+from negset.imageio import load_rgb
+from negset.layout import Layout
+
+log = logging.getLogger("negset.tags")
+
+LIGHTING_CLASSES = ("dark", "dim", "normal", "bright", "high-contrast")
+
+
+def luminance_stats(image) -> dict:
+    """Luminance statistics of an RGB image (0-255 scale)."""
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    p5, p50, p95 = np.percentile(gray, [5, 50, 95])
+    return dict(
+        luma_mean=float(gray.mean()),
+        luma_p5=float(p5),
+        luma_p50=float(p50),
+        luma_p95=float(p95),
+        luma_std=float(gray.std()),
+        clipped_dark=float((gray <= 5).mean()),
+        clipped_bright=float((gray >= 250).mean()),
+    )
+
+
+def lighting_class(stats: dict, cfg: Lighting) -> str:
+    median = stats["luma_p50"]
+    if median < cfg.dark_below:
+        return "dark"
+    if median > cfg.bright_above:
+        return "bright"
+    if stats["luma_std"] >= cfg.high_contrast_std:
+        return "high-contrast"
+    if median < cfg.dim_below:
+        return "dim"
+    return "normal"
+
+
+def occlusion_of(boxes: list[tuple[float, float, float, float]], cfg: Occlusion) -> tuple[str, float]:
+    """(class, share of occluded objects) from normalised boxes (x0, y0, x1, y1)."""
+    if not boxes:
+        return "none", 0.0
+    b = np.asarray(boxes, dtype=np.float64)
+    m = cfg.edge_margin
+    cut = (b[:, 0] <= m) | (b[:, 1] <= m) | (b[:, 2] >= 1 - m) | (b[:, 3] >= 1 - m)
+    area = np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-12)
+    ix0 = np.maximum(b[:, None, 0], b[None, :, 0])
+    iy0 = np.maximum(b[:, None, 1], b[None, :, 1])
+    ix1 = np.minimum(b[:, None, 2], b[None, :, 2])
+    iy1 = np.minimum(b[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
+    np.fill_diagonal(inter, 0.0)
+    covered = (inter / area[:, None]).max(axis=1) >= cfg.overlap if len(b) > 1 else np.zeros(len(b), bool)
+    share = float((cut | covered).mean())
+    if share == 0:
+        return "none", 0.0
+    return ("heavy" if share >= cfg.heavy_share else "partial"), share
+
+
+def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine k-means (vectors are unit length) with k-means++ seeding; deterministic."""
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    k = max(1, min(k, n))
+    centers = [x[rng.integers(n)]]
+    for _ in range(1, k):
+        d = 1.0 - np.max(x @ np.stack(centers).T, axis=1)
+        d = np.clip(d, 0, None) ** 2
+        total = d.sum()
+        idx = int(rng.choice(n, p=d / total)) if total > 0 else int(rng.integers(n))
+        centers.append(x[idx])
+    c = np.stack(centers)
+    labels = np.zeros(n, dtype=np.int64)
+    for _ in range(iters):
+        new = np.argmax(x @ c.T, axis=1)
+        if _ and np.array_equal(new, labels):
+            break
+        labels = new
+        for j in range(k):
+            members = x[labels == j]
+            if len(members):
+                v = members.mean(axis=0)
+                c[j] = v / (np.linalg.norm(v) or 1.0)
+    # Order clusters by size (then first member) so ids do not depend on seeding order.
+    order = sorted(range(k), key=lambda j: (-(labels == j).sum(), int(np.argmax(labels == j))))
+    remap = np.empty(k, dtype=np.int64)
+    remap[order] = np.arange(k)
+    return remap[labels], c[order]
+
+
+def auto_clusters(n: int) -> int:
+    return int(min(12, max(2, round((n / 2) ** 0.5))))
+
+
+def cluster_names(labels: np.ndarray, top5: list[list[int]], names: list[str]) -> dict[int, str]:
+    """Name each cluster by the two ImageNet classes most frequent in its members' top-5."""
+    out = {}
+    for j in sorted(set(labels.tolist())):
+        score: dict[int, float] = defaultdict(float)
+        for i in np.flatnonzero(labels == j):
+            for rank, cls in enumerate(top5[i] or ()):
+                score[int(cls)] += 1.0 / (rank + 1)
+        best = sorted(score, key=lambda c: (-score[c], c))[:2]
+        words = " / ".join(names[c] for c in best) if best else "cluster"
+        out[j] = f"bg{j}: {words}"
+    return out
+
+
+def run(params: Params, layout: Layout) -> dict:
+    cfg = params.tag
+    images = pq.read_table(layout.ingest / "images.parquet").to_pylist()
+    boxes_t = pq.read_table(layout.ingest / "labels.parquet").to_pylist()
+    boxes: dict[str, list] = defaultdict(list)
+    for b in boxes_t:
+        if b["crowd"]:
+            continue  # a crowd region is not one object: it counts for target presence only
+        boxes[b["sha256"]].append((b["x0"], b["y0"], b["x1"], b["y1"]))
+    shas, vectors = read_embeddings(layout)
+    index = {s: i for i, s in enumerate(shas)}
+    top5 = pq.read_table(layout.embed / "embeddings.parquet", columns=["top5"]).column("top5").to_pylist()
+
+    k = cfg.background.clusters or auto_clusters(len(shas))
+    labels, centers = kmeans(vectors, k, cfg.background.seed)
+    names = cluster_names(labels, top5, imagenet_names())
+
+    def stats_for(sha: str) -> dict:
+        return luminance_stats(load_rgb(layout.object_path(sha), reduce_to=256))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        stats = list(pool.map(stats_for, [im["sha256"] for im in images]))
+
+    rows = []
+    for im, st in zip(images, stats):
+        sha = im["sha256"]
+        cluster = int(labels[index[sha]])
+        if im["labelled"]:
+            occ, share = occlusion_of(boxes.get(sha, []), cfg.occlusion)
+            occ_source = "annotation"
+        else:
+            occ, share = "unknown", None
+            occ_source = "none"
+        rows.append(
+            dict(
+                sha256=sha,
+                lighting=lighting_class(st, cfg.lighting),
+                lighting_source="computed",
+                background=names[cluster],
+                background_cluster=cluster,
+                background_source="computed",
+                background_similarity=float(vectors[index[sha]] @ centers[cluster]),
+                occlusion=occ,
+                occlusion_source=occ_source,
+                occluded_share=share,
+                **st,
+            )
+        )
+    rows.sort(key=lambda r: r["sha256"])
+    atomic.write_parquet(pa.Table.from_pylist(rows), layout.tags / "tags.parquet")
+    clusters = [
+        dict(cluster=j, name=names[j], size=int((labels == j).sum())) for j in sorted(names)
+    ]
+    atomic.write_json(layout.tags / "clusters.json", dict(k=int(len(centers)), seed=cfg.background.seed, clusters=clusters))
+    counts = defaultdict(int)
+    for r in rows:
+        counts[r["lighting"]] += 1
+    log.info("tag: %d images, %d background clusters, lighting %s", len(rows), len(centers), dict(counts))
+    return dict(images=len(rows), clusters=len(centers))

