@@ -78,14 +78,19 @@ def _run(args) -> dict:
     if args.command == "check":
         return params.model_dump(mode="json")
     if args.no_prefect:
-        if args.command == "build":
-            return {step: run_step(step, params_path, root) for step in STEPS}
-        return run_step(args.command, params_path, root)
-    from flows import build as flows_build
+        from negset.lock import project_lock
 
-    if args.command == "build":
-        return flows_build.build(params_path=params_path, root=root)
-    return flows_build.stage(step=args.command, params_path=params_path, root=root)
+        with project_lock(Path(root) / "data", f"negset {args.command}"):
+            if args.command == "build":
+                return {step: run_step(step, params_path, root) for step in STEPS}
+            return run_step(args.command, params_path, root)
+    from flows import build as flows_build
+    from negset.lock import project_lock
+
+    with project_lock(Path(root) / "data", f"negset {args.command}"):  # held across all steps of a build
+        if args.command == "build":
+            return flows_build.build(params_path=params_path, root=root)
+        return flows_build.stage(step=args.command, params_path=params_path, root=root)
 
 
 def _quiet_orchestration() -> None:

@@ -72,6 +72,7 @@ class Embed(_Section):
     image_size: int = Field(224, ge=32, le=1024)
     batch_size: int = Field(32, ge=1, le=4096)
     threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
+    checkpoint_every: int = Field(256, ge=1, description="images between writes to the embedding cache")
 
 
 class Lighting(_Section):
@@ -154,14 +155,18 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
+def _key(part: Any) -> Any:
+    return str(part) if isinstance(part, int) else part
+
+
 def _describe(error: dict, source: str) -> str:
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("function-after",)))
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    key = ".".join(p if isinstance(p, str) and p.isprintable() else repr(p) for p in map(_key, loc)) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
         model = _model_at(loc)
         valid = sorted(model.model_fields) if model else []
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        close = difflib.get_close_matches(str(loc[-1]).strip(), valid, n=1)
         suggestion = f"; did you mean '{close[0]}'?" if close else ""
         return f"{source}: {key}: unknown key{suggestion} (valid keys: {', '.join(valid)})"
     if kind == "missing":

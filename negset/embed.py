@@ -270,19 +270,97 @@ def imagenet_names() -> list[str]:
     return [info.index_to_description(i).split(",")[0].strip() for i in range(1000)]
 
 
+def _load_or_reason(emb: Embedder, path: Path):
+    try:
+        return emb.load(path)
+    except Exception as exc:  # any decoder failure rejects this image, not the build
+        return f"cannot decode: {type(exc).__name__}: {exc}"
+
+
 def embed_files(emb: Embedder, paths: list[Path], batch_size: int, threads: int = 0):
-    """Yield (features, probs) per batch; decoding runs in threads beside the model."""
+    """Yield (indices, features, probs, failures) per batch; decoding runs in threads beside the model.
+
+    ``failures`` maps an index into ``paths`` to the reason it could not be decoded.
+    """
     workers = max(1, threads or (os.cpu_count() or 1))
-    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    starts = range(0, len(paths), batch_size)
+
+    def finish(start, futures):
+        arrays, idx, failures = [], [], {}
+        for i, fut in enumerate(futures, start):
+            value = fut.result()
+            if isinstance(value, str):
+                failures[i] = value
+            else:
+                arrays.append(value)
+                idx.append(i)
+        if not arrays:
+            return idx, None, None, failures
+        feats, probs = emb(np.stack(arrays))
+        return idx, feats, probs, failures
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = None
-        for batch in batches:
-            fut = [pool.submit(emb.load, p) for p in batch]
+        for start in starts:
+            futures = [pool.submit(_load_or_reason, emb, p) for p in paths[start : start + batch_size]]
             if pending is not None:
-                yield emb(np.stack([f.result() for f in pending]))
-            pending = fut
+                yield finish(*pending)
+            pending = (start, futures)
         if pending is not None:
-            yield emb(np.stack([f.result() for f in pending]))
+            yield finish(*pending)
+
+
+CACHE_SCHEMA_FIELDS = ("sha256", "embedding", "top1", "top1_prob", "top5")
+
+
+def model_hash(emb: Embedder) -> str:
+    """Identity of the vectors: model, weights and preprocessing (the cache key)."""
+    ident = (emb.name, emb.weights_sha256, emb.image_size, emb.crop_pct, emb.interpolation, tuple(emb.mean), tuple(emb.std))
+    return hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
+
+
+def _rows_table(rows: list[dict], dim: int) -> pa.Table:
+    flat = np.concatenate([r["embedding"] for r in rows]) if rows else np.zeros(0, np.float32)
+    return pa.table(
+        {
+            "sha256": pa.array([r["sha256"] for r in rows], pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
+            "top1": pa.array([r["top1"] for r in rows], pa.int16()),
+            "top1_prob": pa.array([r["top1_prob"] for r in rows], pa.float32()),
+            "top5": pa.array([r["top5"] for r in rows], pa.list_(pa.int16())),
+        }
+    )
+
+
+class EmbeddingCache:
+    """Vectors by image sha256 for one model hash, in Parquet parts under data/cache/embed/.
+
+    Parts are written atomically as work progresses, so a killed run resumes
+    where it stopped, and no image is embedded twice across refreshes.
+    """
+
+    def __init__(self, layout: Layout, key: str):
+        self.folder = layout.data / "cache" / "embed" / key
+        self.rows: dict[str, dict] = {}
+        for part in sorted(self.folder.glob("part-*.parquet")):
+            try:
+                table = pq.read_table(part)
+            except Exception:  # a part from a crash mid-write cannot exist (atomic), but be safe
+                log.warning("embed cache: ignoring unreadable %s", part)
+                continue
+            dim = table.column("embedding").type.list_size
+            vectors = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+            for i, row in enumerate(table.drop_columns(["embedding"]).to_pylist()):
+                row["embedding"] = vectors[i].astype(np.float32)
+                self.rows[row["sha256"]] = row
+
+    def add(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        n = len(list(self.folder.glob("part-*.parquet"))) if self.folder.exists() else 0
+        atomic.write_parquet(_rows_table(rows, len(rows[0]["embedding"])), self.folder / f"part-{n:06d}.parquet")
+        for r in rows:
+            self.rows[r["sha256"]] = r
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -291,40 +369,48 @@ def run(params: Params, layout: Layout) -> dict:
     cfg = params.embed
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    images = pq.read_table(layout.ingest / "images.parquet", columns=["sha256"]).column("sha256").to_pylist()
+    images = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "uri"]).to_pylist()
     emb = load_embedder(cfg, layout.root)
     info = emb.info()
-    paths = [layout.object_path(s) for s in images]
-    feats, top1, top1p, top5 = [], [], [], []
-    for f, probs in track(embed_files(emb, paths, cfg.batch_size, cfg.threads), None, "embed batches"):
-        feats.append(f)
-        if probs is not None:
-            order = np.argsort(-probs, axis=1)[:, :5]
-            top5.extend(order.astype(np.int16).tolist())
-            top1.extend(order[:, 0].tolist())
-            top1p.extend(probs[np.arange(len(probs)), order[:, 0]].tolist())
-        else:
-            top5.extend([[]] * len(f))
-            top1.extend([None] * len(f))
-            top1p.extend([None] * len(f))
-    vectors = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
-    dim = int(vectors.shape[1])
+    info["model_hash"] = model_hash(emb)
+    cache = EmbeddingCache(layout, info["model_hash"])
+    todo = [im for im in images if im["sha256"] not in cache.rows]
+    log.info("embed: %d images, %d cached, %d to embed", len(images), len(images) - len(todo), len(todo))
+    rejected = []
+    pending: list[dict] = []
+    paths = [layout.object_path(im["sha256"]) for im in todo]
+    for idx, feats, probs, failures in track(embed_files(emb, paths, cfg.batch_size, cfg.threads), None, "embed batches"):
+        for i, reason in failures.items():
+            rejected.append(dict(uri=todo[i]["uri"], sha256=todo[i]["sha256"], step="embed", rule="undecodable", reason=reason))
+        for j, i in enumerate(idx):
+            order = np.argsort(-probs[j])[:5] if probs is not None else np.zeros(0, np.int64)
+            pending.append(
+                dict(
+                    sha256=todo[i]["sha256"],
+                    embedding=feats[j],
+                    top1=int(order[0]) if len(order) else None,
+                    top1_prob=float(probs[j][order[0]]) if len(order) else None,
+                    top5=order.astype(int).tolist(),
+                )
+            )
+        if len(pending) >= cfg.checkpoint_every:
+            cache.add(pending)
+            pending = []
+    cache.add(pending)
+    rows = [cache.rows[im["sha256"]] for im in images if im["sha256"] in cache.rows]
+    dim = len(rows[0]["embedding"]) if rows else 0
     info["dim"] = dim
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    table = pa.table(
-        {
-            "sha256": pa.array(images, pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-            "top1": pa.array(top1, pa.int16()),
-            "top1_prob": pa.array(top1p, pa.float32()),
-            "top5": pa.array(top5, pa.list_(pa.int16())),
-        }
+    atomic.write_parquet(_rows_table(rows, max(dim, 1)), layout.embed / "embeddings.parquet")
+    atomic.write_parquet(
+        pa.Table.from_pylist(rejected, schema=pa.schema([(k, pa.string()) for k in ("uri", "sha256", "step", "rule", "reason")])),
+        layout.embed / "rejected.parquet",
     )
-    atomic.write_parquet(table, layout.embed / "embeddings.parquet")
-    info["model_hash"] = hashlib.sha256(repr(sorted(info.items())).encode()).hexdigest()[:16]
     atomic.write_json(layout.embed / "model.json", info)
-    log.info("embed: %d images, %d dimensions, model %s (weights sha256 %s)", len(images), dim, emb.name, emb.weights_sha256[:12])
-    return dict(images=len(images), dim=dim, model=emb.name, weights_sha256=emb.weights_sha256)
+    log.info(
+        "embed: %d images embedded (%d new), %d rejected, %d dimensions, model %s (weights sha256 %s)",
+        len(rows), len(todo) - len(rejected), len(rejected), dim, emb.name, emb.weights_sha256[:12],
+    )
+    return dict(images=len(rows), embedded_now=len(todo) - len(rejected), rejected=len(rejected), dim=dim, model=emb.name, weights_sha256=emb.weights_sha256)
 
 
 def read_embeddings(layout: Layout) -> tuple[list[str], np.ndarray]:

@@ -33,6 +33,12 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "unknown"
             width, height = im.size
+            try:
+                orientation = im.getexif().get(0x0112, 1)
+            except Exception:
+                orientation = 1
+            if orientation in (5, 6, 7, 8):  # stored sideways: report the upright size
+                width, height = height, width
     except Image.DecompressionBombError as exc:
         raise ImageRejected(f"decompression bomb: {exc}") from None
     except Exception:

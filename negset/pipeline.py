@@ -9,6 +9,7 @@ from pathlib import Path
 
 from negset.config import Params, load_params
 from negset.layout import Layout
+from negset.lock import project_lock
 
 STEPS = ("ingest", "embed", "tag", "select", "export")
 _MODULES = {"ingest": "negset.ingest", "embed": "negset.embed", "tag": "negset.tags", "select": "negset.select", "export": "negset.export"}
@@ -28,6 +29,7 @@ def run_step(name: str, params_path: str | Path, root: str | Path | None = None)
     params: Params = load_params(params_path)
     layout = Layout.at(root if root is not None else params_path.resolve().parent)
     start = time.monotonic()
-    summary = step_function(name)(params, layout)
+    with project_lock(layout.data, f"negset {name}"):
+        summary = step_function(name)(params, layout)
     log.info("%s finished in %.1fs", name, time.monotonic() - start)
     return summary

@@ -140,6 +140,7 @@ def run(params: Params, layout: Layout) -> dict:
         boxes[b["sha256"]].append((b["x0"], b["y0"], b["x1"], b["y1"]))
     shas, vectors = read_embeddings(layout)
     index = {s: i for i, s in enumerate(shas)}
+    images = [im for im in images if im["sha256"] in index]  # images the embed step rejected are gone
     top5 = pq.read_table(layout.embed / "embeddings.parquet", columns=["top5"]).column("top5").to_pylist()
 
     k = cfg.background.clusters or auto_clusters(len(shas))
