@@ -73,6 +73,10 @@ class Embed(_Section):
     batch_size: int = Field(32, ge=1, le=4096)
     threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
     checkpoint_every: int = Field(256, ge=1, description="images between writes to the embedding cache")
+    runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="auto: ONNX Runtime on CPU (same vectors within 1e-4, ~2x faster), torch on CUDA"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
 
 
 class Lighting(_Section):

@@ -46,6 +46,9 @@ class Embedder:
     weights_file: str
     weights_sha256: str
     extra: dict = field(default_factory=dict)
+    runtime: str = "torch"  # torch | onnx
+    device: str = "cpu"
+    session: "object | None" = None  # onnxruntime.InferenceSession when runtime == "onnx"
 
     def info(self) -> dict:
         import timm
@@ -62,6 +65,8 @@ class Embedder:
             std=list(self.std),
             torch=torch.__version__,
             timm=timm.__version__,
+            runtime=self.runtime,
+            device=self.device,
             **self.extra,
         )
 
@@ -78,22 +83,111 @@ class Embedder:
         image = image.resize((nw, nh), resample)
         left, top = (nw - size) // 2, (nh - size) // 2
         image = image.crop((left, top, left + size, top + size))
-        arr = np.asarray(image, dtype=np.float32) / 255.0
-        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        scale = (1.0 / (255.0 * np.asarray(self.std, np.float32))).astype(np.float32)
+        shift = (np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32)).astype(np.float32)
+        arr = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
+        arr *= scale[:, None, None]
+        arr -= shift[:, None, None]
+        return arr
 
     def load(self, path: Path) -> np.ndarray:
         return self.preprocess(load_rgb(path, reduce_to=self.image_size))
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """L2-normalised features and ImageNet probabilities (None without a head) for a batch."""
+        if self.session is not None:
+            outputs = self.session.run(None, {"images": np.ascontiguousarray(batch, dtype=np.float32)})
+            feats = outputs[0].astype(np.float32)
+            feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+            probs = None
+            if len(outputs) > 1:
+                logits = outputs[1] - outputs[1].max(axis=1, keepdims=True)
+                e = np.exp(logits)
+                probs = e / e.sum(axis=1, keepdims=True)
+            return feats, probs
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            x = torch.from_numpy(batch)
+            if self.device != "cpu":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
             feats = self.features(x)
-            probs = torch.softmax(self.head(feats), dim=1).numpy() if self.head is not None else None
-            feats = torch.nn.functional.normalize(feats, dim=1).numpy().astype(np.float32)
+            probs = torch.softmax(self.head(feats).float(), dim=1).cpu().numpy() if self.head is not None else None
+            feats = torch.nn.functional.normalize(feats.float(), dim=1).cpu().numpy().astype(np.float32)
         return feats, probs
+
+    def use_device(self, device: str) -> None:
+        """Run the torch model on ``device`` (cpu or cuda)."""
+        self.features = self.features.to(device)
+        if self.head is not None:
+            self.head = self.head.to(device)
+        self.device = device
+        self.runtime = "torch"
+        self.session = None
+
+    def use_onnx(self, cache_dir: Path, threads: int = 0) -> None:
+        """Export the model to ONNX once (cached by model hash) and run it with ONNX Runtime."""
+        import onnxruntime as ort
+        import torch
+
+        path = Path(cache_dir) / f"{model_hash(self)}.onnx"
+        if not path.exists():
+            outputs = ["features", "logits"] if self.head is not None else ["features"]
+
+            class Both(torch.nn.Module):
+                def __init__(self, features, head):
+                    super().__init__()
+                    self.features, self.head = features, head
+
+                def forward(self, x):
+                    z = self.features(x)
+                    return (z, self.head(z)) if self.head is not None else z
+
+            module = Both(self.features, self.head).eval()
+            example = torch.zeros(1, 3, self.image_size, self.image_size)
+            axes = {name: {0: "n"} for name in ["images", *outputs]}
+            import warnings
+
+            with atomic.atomic_path(path) as tmp, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    module, (example,), str(tmp), input_names=["images"], output_names=outputs,
+                    dynamic_axes=axes, opset_version=17, dynamo=False,
+                )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.runtime = "onnx"
+        self.device = "cpu"
+
+
+def choose_runtime(emb: Embedder, cfg: Embed, cache_dir: Path) -> Embedder:
+    """Put the embedder on its fastest exact path: CUDA if asked/present, else ONNX Runtime, else torch."""
+    import torch
+
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise NegsetError("embed.device: cuda was asked for but torch sees no CUDA device", hint="use device: auto or cpu")
+        emb.use_device("cuda")
+        return emb
+    if cfg.runtime in ("auto", "onnx"):
+        try:
+            emb.use_onnx(cache_dir, cfg.threads)
+            return emb
+        except ImportError:
+            if cfg.runtime == "onnx":
+                raise NegsetError("embed.runtime: onnx needs the onnxruntime package", hint="pip install onnxruntime") from None
+        except Exception as exc:  # an exotic model that does not export: stay exact on torch
+            if cfg.runtime == "onnx":
+                raise NegsetError(f"embed.runtime: {emb.name} cannot run under ONNX Runtime: {exc}") from None
+            log.warning("embed: ONNX export failed (%s); using torch", exc)
+    return emb
 
 
 def file_sha256(path: Path) -> str:
@@ -371,6 +465,7 @@ def run(params: Params, layout: Layout) -> dict:
         torch.set_num_threads(cfg.threads)
     images = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "uri"]).to_pylist()
     emb = load_embedder(cfg, layout.root)
+    choose_runtime(emb, cfg, layout.data / "cache" / "onnx")
     info = emb.info()
     info["model_hash"] = model_hash(emb)
     cache = EmbeddingCache(layout, info["model_hash"])

@@ -106,3 +106,34 @@ def test_torchvision_backbone_from_a_local_file(tmp_path):
     feats, probs = emb(np.stack([emb.load(SAMPLE / "images" / "000000000471.jpg")]))
     assert feats.shape == (1, 512) and probs.shape == (1, 1000)
     assert emb.weights_sha256 == atomic.sha256_file(weights)
+
+
+def test_onnx_fast_path_equals_the_eager_reference(tmp_path):
+    from negset.embed import choose_runtime
+
+    eager = embed.load_embedder(Embed(runtime="torch", device="cpu"))
+    cfg = Embed(runtime="onnx", device="cpu")
+    fast = choose_runtime(embed.load_embedder(cfg), cfg, tmp_path)
+    assert fast.runtime == "onnx" and list(tmp_path.glob("*.onnx"))
+    photos = sorted((SAMPLE / "images").glob("*.jpg"))[:12]
+    batch = np.stack([eager.load(p) for p in photos])
+    f_ref, p_ref = eager(batch)
+    f_fast, p_fast = fast(batch)
+    cosine_distance = 1.0 - (f_ref * f_fast).sum(axis=1)
+    assert cosine_distance.max() < 1e-4
+    assert np.array_equal(p_ref.argmax(axis=1), p_fast.argmax(axis=1))
+    # a second embedder reuses the exported model (cached by model hash)
+    mtime = next(tmp_path.glob("*.onnx")).stat().st_mtime_ns
+    choose_runtime(embed.load_embedder(cfg), cfg, tmp_path)
+    assert next(tmp_path.glob("*.onnx")).stat().st_mtime_ns == mtime
+
+
+def test_asking_for_cuda_without_it_is_a_clear_error(tmp_path):
+    import torch
+
+    from negset.embed import choose_runtime
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(NegsetError, match="embed.device: cuda was asked for"):
+        choose_runtime(embed.load_embedder(Embed()), Embed(device="cuda"), tmp_path)
