@@ -95,6 +95,9 @@ class Lighting(_Section):
 class Background(_Section):
     clusters: int = Field(0, ge=0, le=256, description="number of background clusters; 0 = sqrt(n/2), 2..12")
     seed: int = 0
+    refit_share: float = Field(
+        0.2, ge=0, le=1, description="refit the clusters when more than this share of images is new since the last fit"
+    )
 
 
 class Occlusion(_Section):

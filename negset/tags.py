@@ -12,19 +12,23 @@ Each tag is stored with its source (``computed`` or ``annotation``).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negset import atomic
-from negset.config import Lighting, Occlusion, Params
+from negset.config import Background, Lighting, Occlusion, Params
 from negset.embed import imagenet_names, read_embeddings
 from negset.imageio import load_rgb
 from negset.layout import Layout
+from negset.shacache import ShaCache
 
 log = logging.getLogger("negset.tags")
 
@@ -129,6 +133,65 @@ def cluster_names(labels: np.ndarray, top5: list[list[int]], names: list[str]) -
     return out
 
 
+def cached_pixel_stats(layout: Layout, shas: list[str], compute) -> list[dict]:
+    """``compute(sha)`` for each image, cached by sha256 in data/cache/pixels (pixels never change)."""
+    cache = ShaCache(layout.data / "cache" / "pixels")
+    if not shas:
+        return []
+    first = compute(shas[0])  # the current set of fields: a cache from older code is not reused
+    keys = set(first)
+    results: dict[str, dict] = {shas[0]: first}
+    todo = [s for s in shas[1:] if cache.get(s, keys) is None]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for sha, st in zip(todo, pool.map(compute, todo)):
+            results[sha] = st
+    cache.add({s: r for s, r in results.items() if cache.get(s, keys) is None})
+    log.info("tag: pixel statistics for %d images (%d cached)", len(shas), len(shas) - len(results))
+    return [results.get(s) or cache.get(s, keys) for s in shas]
+
+
+def background_clusters(vectors, top5, cfg: Background, model_hash: str, previous: Path):
+    """Cluster labels, centres and names; stable across refreshes.
+
+    The centres of the last fit (``previous``, kept by DVC with ``persist``)
+    are reused when the model, ``clusters`` and ``seed`` are unchanged and
+    at most ``refit_share`` of the images are new since that fit: new images
+    join the nearest existing cluster and no cluster is renamed.
+    """
+    n = len(vectors)
+    if previous.exists():
+        table = pq.read_table(previous)
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        same = (
+            meta.get("model_hash") == model_hash
+            and meta.get("clusters_param") == str(cfg.clusters)
+            and meta.get("seed") == str(cfg.seed)
+        )
+        fitted_on = int(meta.get("fitted_on", "0") or 0)
+        if same and fitted_on and (n - fitted_on) / max(n, 1) <= cfg.refit_share:
+            col = table.column("centroid").combine_chunks()
+            centers = col.values.to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size).astype(np.float32)
+            if centers.shape[1] == vectors.shape[1]:
+                labels = np.argmax(vectors @ centers.T, axis=1)
+                names = dict(zip(table.column("cluster").to_pylist(), table.column("name").to_pylist()))
+                return labels, centers, names, False
+    k = cfg.clusters or auto_clusters(n)
+    labels, centers = kmeans(vectors, k, cfg.seed)
+    names = cluster_names(labels, top5, imagenet_names())
+    flat = pa.array(centers.astype(np.float32).reshape(-1), pa.float32())
+    table = pa.table(
+        {
+            "cluster": pa.array(list(range(len(centers))), pa.int32()),
+            "name": pa.array([names[j] for j in range(len(centers))], pa.string()),
+            "centroid": pa.FixedSizeListArray.from_arrays(flat, centers.shape[1]),
+        }
+    ).replace_schema_metadata(
+        {"model_hash": model_hash, "clusters_param": str(cfg.clusters), "seed": str(cfg.seed), "fitted_on": str(n)}
+    )
+    atomic.write_parquet(table, previous)
+    return labels, centers, names, True
+
+
 def run(params: Params, layout: Layout) -> dict:
     cfg = params.tag
     images = pq.read_table(layout.ingest / "images.parquet").to_pylist()
@@ -143,15 +206,13 @@ def run(params: Params, layout: Layout) -> dict:
     images = [im for im in images if im["sha256"] in index]  # images the embed step rejected are gone
     top5 = pq.read_table(layout.embed / "embeddings.parquet", columns=["top5"]).column("top5").to_pylist()
 
-    k = cfg.background.clusters or auto_clusters(len(shas))
-    labels, centers = kmeans(vectors, k, cfg.background.seed)
-    names = cluster_names(labels, top5, imagenet_names())
+    model_hash = json.loads((layout.embed / "model.json").read_text()).get("model_hash", "")
+    labels, centers, names, refit = background_clusters(vectors, top5, cfg.background, model_hash, layout.tags / "centroids.parquet")
 
     def stats_for(sha: str) -> dict:
         return luminance_stats(load_rgb(layout.object_path(sha), reduce_to=256))
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        stats = list(pool.map(stats_for, [im["sha256"] for im in images]))
+    stats = cached_pixel_stats(layout, [im["sha256"] for im in images], stats_for)
 
     rows = []
     for im, st in zip(images, stats):
@@ -183,7 +244,10 @@ def run(params: Params, layout: Layout) -> dict:
     clusters = [
         dict(cluster=j, name=names[j], size=int((labels == j).sum())) for j in sorted(names)
     ]
-    atomic.write_json(layout.tags / "clusters.json", dict(k=int(len(centers)), seed=cfg.background.seed, clusters=clusters))
+    atomic.write_json(
+        layout.tags / "clusters.json",
+        dict(k=int(len(centers)), seed=cfg.background.seed, refit=refit, model_hash=model_hash, clusters=clusters),
+    )
     counts = defaultdict(int)
     for r in rows:
         counts[r["lighting"]] += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
@@ -9,6 +11,7 @@ from PIL import Image
 from negset import embed, ingest, tags
 from negset.config import Lighting, Occlusion, load_params
 from negset.layout import Layout
+from tests.conftest import write_params
 
 
 def gray(value: int) -> Image.Image:
@@ -75,3 +78,61 @@ def test_tag_step_on_the_sample(project):
     assert all(r["occlusion"] in ("none", "partial", "heavy") and r["occlusion_source"] == "annotation" for r in rows)
     no_boxes = [r for r in rows if r["occluded_share"] == 0]
     assert no_boxes and all(r["occlusion"] == "none" for r in no_boxes)
+
+
+def test_tags_of_old_images_stay_when_new_images_arrive(project):
+    from PIL import ImageOps
+
+    layout = Layout.at(project)
+    params = load_params(project / "params.yaml")
+
+    def tag_all():
+        for step in (ingest, embed, tags):
+            step.run(params, layout)
+        return {r["sha256"]: r for r in pq.read_table(layout.tags / "tags.parquet").to_pylist()}
+
+    before = tag_all()
+    # one new photo in the source (3% of the pool): a mirrored copy of a sample photo
+    src = project / "examples" / "coco-sample" / "images" / "000000000089.jpg"
+    ImageOps.mirror(Image.open(src)).save(src.with_name("new-mirrored.jpg"), quality=90)
+    after = tag_all()
+    assert len(after) == len(before) + 1
+    for sha, row in before.items():
+        for key in ("lighting", "background", "background_cluster", "occlusion"):
+            assert after[sha][key] == row[key], (sha, key)
+    clusters = json.loads((layout.tags / "clusters.json").read_text())
+    assert clusters["refit"] is False
+    # the new image joined an existing, already named cluster
+    new = next(r for s, r in after.items() if s not in before)
+    assert new["background"] in {r["background"] for r in before.values()}
+
+
+def test_clusters_refit_when_many_images_are_new(project):
+    layout = Layout.at(project)
+    params = load_params(project / "params.yaml")
+    for step in (ingest, embed, tags):
+        step.run(params, layout)
+    assert json.loads((layout.tags / "clusters.json").read_text())["refit"] is True
+    write_params(project, tag={"background": {"clusters": 0, "seed": 0, "refit_share": 0.2}})
+    tags.run(load_params(project / "params.yaml"), layout)
+    assert json.loads((layout.tags / "clusters.json").read_text())["refit"] is False
+    write_params(project, tag={"background": {"clusters": 3, "seed": 0, "refit_share": 0.2}})
+    tags.run(load_params(project / "params.yaml"), layout)  # a changed parameter forces a new fit
+    info = json.loads((layout.tags / "clusters.json").read_text())
+    assert info["refit"] is True and info["k"] == 3
+
+
+def test_pixel_statistics_are_cached(project):
+    layout = Layout.at(project)
+    calls = []
+
+    def compute(sha):
+        calls.append(sha)
+        return tags.luminance_stats(Image.new("RGB", (8, 8), (len(calls) % 255,) * 3))
+
+    shas = [f"{i:064x}" for i in range(5)]
+    first = tags.cached_pixel_stats(layout, shas, compute)
+    assert len(calls) == 5
+    again = tags.cached_pixel_stats(layout, shas + [f"{9:064x}"], compute)
+    assert len(calls) == 5 + 1 + 1  # one probe for the field set, one new image
+    assert again[1:5] == first[1:5]
