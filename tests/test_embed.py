@@ -11,7 +11,7 @@ from negset import atomic, embed, ingest
 from negset.config import Embed, load_params
 from negset.errors import NegsetError
 from negset.layout import Layout
-from tests.conftest import COCO128, SAMPLE
+from tests.conftest import COCO128, REPO, SAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,12 @@ def test_asking_for_cuda_without_it_is_a_clear_error(tmp_path):
         pytest.skip("this machine has CUDA")
     with pytest.raises(NegsetError, match="embed.device: cuda was asked for"):
         choose_runtime(embed.load_embedder(Embed()), Embed(device="cuda"), tmp_path)
+
+
+def test_default_identity_without_building_the_model_matches_timm(embedder):
+    from negset.embed import identity_hash, model_hash, quick_identity
+
+    ident = quick_identity(Embed(), REPO)
+    assert ident == embedder.identity()
+    assert identity_hash(ident) == model_hash(embedder)
+    assert embed.imagenet_names()[207] == "golden retriever" and len(embed.imagenet_names()) == 1000

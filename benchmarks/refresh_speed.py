@@ -1,0 +1,93 @@
+"""Incremental refresh and no-op `dvc repro`, against the full build measured in the same run.
+
+    python -m benchmarks.refresh_speed [--images 2000] [--new-share 0.01]
+
+Makes a pool of distinct photos (crops of the sample photos), builds it with
+`dvc repro` in a temporary git + dvc copy of the project, then times a no-op
+`dvc repro`, then adds 1% new photos and times the refresh. Stages run with
+NEGSET_NO_PREFECT=1 so the figures are the pipeline's own work (each stage
+through Prefect adds a few seconds of flow-run start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def make_pool(folder: Path, count: int, seed: int, offset: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = sorted((REPO / "examples" / "coco-sample" / "images").glob("*.jpg"))
+    # no photo with the target (person) in it, so the pool is all candidates
+    rng = random.Random(seed)
+    sources = [Image.open(p).convert("RGB") for p in photos]
+    for i in range(count):
+        im = sources[rng.randrange(len(sources))]
+        w, h = im.size
+        cw, ch = int(w * rng.uniform(0.55, 0.9)), int(h * rng.uniform(0.55, 0.9))
+        x, y = rng.randrange(w - cw + 1), rng.randrange(h - ch + 1)
+        crop = im.crop((x, y, x + cw, y + ch)).resize((640, 480))
+        crop.save(folder / f"pool-{offset + i:06d}.jpg", quality=rng.randrange(80, 95))
+
+
+def run(cmd, cwd, env) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--new-share", type=float, default=0.01)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="negset-refresh-"))
+    root = tmp / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml", "negset", "flows", "tasks", "examples", ".dvcignore"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
+    (root / "data").mkdir()
+    shutil.copy2(REPO / "data" / ".gitignore", root / "data" / ".gitignore")
+    pool = root / "examples" / "coco-sample" / "pool"
+    make_pool(pool, args.images, seed=1)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["ingest"]["sources"] = [
+        {"type": "local", "path": "examples/coco-sample/images"},
+        {"type": "local", "path": "examples/coco-sample/pool"},
+    ]
+    params["select"]["count"] = max(8, args.images // 10)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, NEGSET_NO_PREFECT="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=b@n.invalid", "-c", "user.name=b", "commit", "-qm", "x"], [str(BIN / "dvc"), "init", "-q"]):
+        run(cmd, root, env)
+    full = run([str(BIN / "dvc"), "repro"], root, env)
+    noop = run([str(BIN / "dvc"), "repro"], root, env)
+    new = max(1, round(args.images * args.new_share))
+    make_pool(pool, new, seed=2, offset=args.images)
+    refresh = run([str(BIN / "dvc"), "repro"], root, env)
+    print(f"pool of {args.images} photos + {len(list((root / 'examples/coco-sample/images').glob('*.jpg')))} sample photos")
+    print(f"  full build (dvc repro, 5 stages):          {full:8.1f} s")
+    print(f"  no-op dvc repro:                           {noop:8.2f} s")
+    print(f"  refresh with {new} new photos ({args.new_share:.0%}):        {refresh:8.1f} s")
+    print(f"  refresh / full: {refresh / full:.1%}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
