@@ -15,6 +15,7 @@ import io
 import socket
 import struct
 import threading
+import time
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +36,10 @@ def error_xml(code: str, message: str) -> bytes:
 class FaultProxy:
     """Forward to ``target`` (host, port); ``rule(method, path, attempt)`` may name a fault."""
 
-    def __init__(self, target: tuple[str, int], rule: Callable[[str, str, int], str | None] | None = None):
+    def __init__(self, target: tuple[str, int], rule: Callable[[str, str, int], str | None] | None = None,
+                 delay_s: float = 0.0):
         self.target = target
+        self.delay_s = delay_s  # added to every request: a remote region's latency
         self.rule = rule or (lambda method, path, attempt: None)
         self.lock = threading.Lock()
         self.attempts: Counter = Counter()
@@ -47,6 +50,7 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass
@@ -86,6 +90,8 @@ class FaultProxy:
             self.list_pages = 0
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
         parts = urlsplit(h.path)
         is_listing = "list-type=" in parts.query
         with self.lock:
