@@ -91,17 +91,28 @@ class _RemoteSource(_Section):
         return _refuse_credentials(value)
 
 
-class S3Source(_RemoteSource):
-    """An S3 (or S3-compatible) bucket; credentials from the AWS chain only."""
+class S3Connection(_RemoteSource):
+    """How to reach S3 (or an S3-compatible store); credentials from the AWS chain only."""
 
-    type: Literal["s3"]
-    bucket: str = Field(min_length=3, max_length=63)
-    prefixes: list[str] = Field(default_factory=lambda: [""], min_length=1)
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, ...); default AWS")
     region: str | None = None
     profile: str | None = Field(None, description="AWS profile name (credentials stay in ~/.aws)")
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     anonymous: bool = Field(False, description="unsigned requests, for public buckets")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return _no_userinfo(value)
+
+
+class S3Source(S3Connection):
+    """An S3 bucket (some prefixes of it) as a candidate source."""
+
+    type: Literal["s3"]
+    bucket: str = Field(min_length=3, max_length=63)
+    prefixes: list[str] = Field(default_factory=lambda: [""], min_length=1)
+    recursive: bool = Field(True, description="false: only the keys directly under each prefix")
     suffixes: list[str] = Field(default_factory=lambda: list(IMAGE_SUFFIXES))
     min_size: int = Field(1, ge=0)
     modified_after: datetime | None = None
@@ -117,11 +128,6 @@ class S3Source(_RemoteSource):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        return _no_userinfo(value)
 
     @field_validator("suffixes")
     @classmethod
@@ -161,6 +167,10 @@ class Ingest(_Section):
         default_factory=list, description="candidate sources; empty = the folders (or S3 prefixes) the positives live in"
     )
     max_image_pixels: int = Field(89_478_485, gt=0, description="larger images are refused before decoding")
+    source_depth: int = Field(0, ge=0, le=16, description="default sources: the positives' folder/prefix "
+                              "(0, not recursive) or the one this many levels up (recursive)")
+    s3: S3Connection = Field(default_factory=S3Connection, description="connection for s3:// positives and "
+                             "the default S3 sources")
 
     @field_validator("target", mode="before")
     @classmethod

@@ -25,10 +25,11 @@ import pyarrow as pa
 
 from negset import atomic
 from negset.config import LocalSource as LocalSourceSpec
+from negset.config import S3Source as S3SourceSpec
 from negset.config import Params
 from negset.errors import NegsetError
 from negset.imageio import ImageRejected, probe
-from negset.labels import load_positives
+from negset.labels import load_positives, parse_s3_uri
 from negset.layout import Layout
 from negset.progress import track
 from negset.sources import FetchError, Previous, SourceObject, build_sources, fetch
@@ -71,10 +72,24 @@ REJECTED_SCHEMA = pa.schema(
 )
 
 
-def default_source_specs(positive_paths: set[Path]) -> list[LocalSourceSpec]:
-    """The folders the positives live in (not their subfolders)."""
-    folders = sorted({p.parent for p in positive_paths})
-    return [LocalSourceSpec(path=str(f), recursive=False) for f in folders]
+def default_source_specs(positive_paths: set[Path], depth: int = 0) -> list[LocalSourceSpec]:
+    """The folders the positives live in (not their subfolders), or the folders ``depth`` levels up (recursive)."""
+    folders = sorted({p.parents[min(depth, len(p.parents) - 1)] for p in positive_paths})
+    return [LocalSourceSpec(path=str(f), recursive=depth > 0) for f in folders]
+
+
+def default_s3_specs(uris: set[str], depth: int, connection) -> list[S3SourceSpec]:
+    """The prefixes the s3:// positives live in (``depth`` levels up: recursive), one source per bucket."""
+    prefixes: dict[str, set[str]] = {}
+    for uri in uris:
+        bucket, key = parse_s3_uri(uri)
+        parts = key.split("/")[:-1]
+        parts = parts[: max(0, len(parts) - depth)]
+        prefixes.setdefault(bucket, set()).add("/".join(parts) + "/" if parts else "")
+    return [
+        S3SourceSpec(type="s3", bucket=b, prefixes=sorted(p), recursive=depth > 0, **connection.model_dump())
+        for b, p in sorted(prefixes.items())
+    ]
 
 
 def store_object(layout: Layout, sha256: str, data: bytes) -> Path:
@@ -88,7 +103,10 @@ def run(params: Params, layout: Layout) -> dict:
     cfg = params.ingest
     positives = load_positives(cfg.positives, cfg.target, layout.root)
     targets = set(cfg.target)
-    specs = list(cfg.sources) or default_source_specs(positives.paths)
+    specs = list(cfg.sources) or (
+        default_source_specs(positives.paths, cfg.source_depth)
+        + default_s3_specs(positives.uris, cfg.source_depth, cfg.s3)
+    )
     previous = Previous.load(layout)
     sources = build_sources(specs, layout.root, layout, previous)
     labels = positives.labels
@@ -98,6 +116,7 @@ def run(params: Params, layout: Layout) -> dict:
     rejected: list[dict] = []
     pins: list[dict] = []
     seen_paths: set[Path] = set()
+    seen_uris: set[str] = set()
 
     def pin_row(obj: SourceObject, sha: str, status: str, reason: str = "", size: int | None = None) -> None:
         pins.append(dict(
@@ -114,6 +133,8 @@ def run(params: Params, layout: Layout) -> dict:
         path = obj.local_path
         if path is not None:
             seen_paths.add(path)
+        else:
+            seen_uris.add(obj.uri)
         if error is not None:
             if isinstance(error, FetchError):
                 reject(obj, error.rule, error.reason)
@@ -127,7 +148,7 @@ def run(params: Params, layout: Layout) -> dict:
             reject(obj, "not_image", exc.reason, sha, len(data))
             return
         pin_row(obj, sha, "image", size=len(data))
-        is_positive = path in positives.paths
+        is_positive = path in positives.paths if path is not None else obj.uri in positives.uris
         row = rows.get(sha)
         if row is not None:  # same bytes seen before: one image, positive if any copy is
             row["copies"] += 1
@@ -171,6 +192,26 @@ def run(params: Params, layout: Layout) -> dict:
         for obj in LocalSource(p.parent, recursive=False, layout=layout).list():
             if obj.local_path == p:
                 take(*next(fetch([obj], 1)))
+
+    extra_uris = sorted(positives.uris - seen_uris)
+    if extra_uris:
+        from negset.sources.s3 import S3Source
+
+        by_bucket: dict[str, list[str]] = {}
+        for uri in extra_uris:
+            bucket, key = parse_s3_uri(uri)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in sorted(by_bucket.items()):
+            spec = S3SourceSpec(type="s3", bucket=bucket, **cfg.s3.model_dump())
+            src = S3Source(spec, previous=previous)
+            src.name = f"s3://{bucket} (positives)"
+            sources.append(src)
+            for item in fetch(src.objects_for(keys), src.workers):
+                take(*item)
+    missing = sorted(u for u in positives.uris if u not in {r["uri"] for r in pins if r["status"] == "image"})
+    if missing:
+        raise NegsetError(f"ingest.positives: {len(missing)} s3:// positive(s) could not be read as images, "
+                          f"first: {missing[0]}", hint="the warnings above name the cause of each")
 
     fetched = _fetch_stats(sources)
     n_pos = sum(r["role"] == "positive" for r in rows.values())

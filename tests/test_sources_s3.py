@@ -207,3 +207,38 @@ def test_missing_credentials_and_bucket_are_clear_errors(project, aws_env, moto_
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(NegsetError, match="no AWS credentials found"):
         run_ingest(project)
+
+
+def test_s3_positives_default_to_their_prefixes(project, aws_env, moto_server, proxy):
+    client = s3_client(f"http://{moto_server[0]}:{moto_server[1]}")
+    bucket = new_bucket(client)
+    objects = {f"site-a/cam1/pos-{i}.jpg": jpeg(i) for i in range(5)}
+    objects |= {f"site-a/cam1/neg-{i}.jpg": jpeg(100 + i) for i in range(10)}
+    objects |= {f"site-a/cam2/x-{i}.jpg": jpeg(200 + i) for i in range(8)}
+    objects |= {f"site-b/y-{i}.jpg": jpeg(300 + i) for i in range(6)}
+    put_many(client, bucket, objects)
+    positives = sorted(k for k in objects if "/pos-" in k)
+    (project / "positives.txt").write_text("".join(f"s3://{bucket}/{k}\n" for k in positives))
+    connection = {"endpoint_url": proxy.url, "region": "us-east-1", "addressing_style": "path"}
+    write_params(project, ingest={"positives": {"format": "list", "path": "positives.txt"}, "sources": [],
+                                  "s3": connection})
+
+    def roles(layout):
+        rows = table(layout, "images")
+        return ({r["uri"].split("/", 3)[3] for r in rows if r["role"] == "positive"},
+                {r["uri"].split("/", 3)[3] for r in rows if r["role"] == "candidate"})
+
+    summary, layout = run_ingest(project)
+    assert summary["sources"] == [f"s3://{bucket}/site-a/cam1/"]
+    assert roles(layout) == (set(positives), {k for k in objects if "/neg-" in k})
+    assert not any("/cam2/" in k for k in proxy.object_gets)  # depth 0: not the neighbouring prefix
+
+    write_params(project, ingest={"source_depth": 1})
+    summary, layout = run_ingest(project)
+    assert summary["sources"] == [f"s3://{bucket}/site-a/"]
+    assert roles(layout)[1] == {k for k in objects if k.startswith("site-a/") and "/pos-" not in k}
+
+    # explicit sources that do not hold the positives: the positives are still read (by key), as positives
+    write_params(project, ingest={"sources": [dict(connection, type="s3", bucket=bucket, prefixes=["site-b/"])]})
+    summary, layout = run_ingest(project)
+    assert roles(layout) == (set(positives), {k for k in objects if k.startswith("site-b/")})

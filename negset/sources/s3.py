@@ -125,6 +125,8 @@ class S3Source:
 
     def _list_page(self, prefix: str, token: str | None) -> dict:
         kwargs = {"Bucket": self.spec.bucket, "Prefix": prefix}
+        if not self.spec.recursive:
+            kwargs["Delimiter"] = "/"
         if token:
             kwargs["ContinuationToken"] = token
 
@@ -196,6 +198,38 @@ class S3Source:
                 token = page.get("NextContinuationToken")
                 if not token:
                     break
+
+    def objects_for(self, keys) -> Iterator[SourceObject]:
+        """Named objects of this bucket (positives outside the listed prefixes), pinned by a HEAD request."""
+        from botocore.exceptions import ClientError
+
+        bucket = self.spec.bucket
+        for key in keys:
+            uri = f"s3://{bucket}/{key}"
+
+            def head(key=key):
+                self.stats.add("requests")
+                return self.client.head_object(Bucket=bucket, Key=key)
+
+            try:
+                meta = retrying(head, f"{uri} (head)", self.spec.max_attempts, transient_reason, self.stats, log)
+            except FetchError as exc:
+                raise NegsetError(f"ingest.positives: {uri}: {exc.reason}") from None
+            except ClientError as exc:
+                code, status = _client_error_parts(exc)
+                raise NegsetError(f"ingest.positives: {uri}: {code or 'error'} (HTTP {status})",
+                                  hint="check the positives list and the credentials in use") from None
+            except Exception as exc:
+                raise self._listing_error(uri, exc) from None
+            etag = str(meta.get("ETag", "")).strip('"')
+            version_id = meta.get("VersionId") or ""
+            pin = Pin(key=key, etag=etag, version_id="" if version_id == "null" else version_id,
+                      last_modified=_iso(meta.get("LastModified")))
+            prev = self.previous.match(uri, etag) if self.previous is not None else None
+            read = partial(self._reuse, prev) if prev is not None else partial(self._get, key, uri, pin)
+            source = f"s3://{bucket}/{key.rpartition('/')[0]}/" if "/" in key else f"s3://{bucket}/"
+            yield SourceObject(uri=uri, source=source, size=int(meta.get("ContentLength", 0)), version=etag,
+                               read=read, pin=pin, reused=prev is not None)
 
     # -- reading -------------------------------------------------------------
     def _reuse(self, row: dict) -> bytes:
