@@ -181,7 +181,7 @@ def run(params: Params, layout: Layout) -> dict:
         for src in sources:
             yield from fetch(src.list(), getattr(src, "workers", 1))
 
-    for obj, data, error in track(all_objects(), None, "ingest"):
+    for obj, data, error in track(all_objects(), None, "ingest", nbytes=lambda item: len(item[1] or b"")):
         take(obj, data, error)
     # Positives that live outside the candidate sources are ingested too: later
     # steps need them (embedding, strata, leak checks).
