@@ -137,7 +137,10 @@ def run(params: Params, layout: Layout) -> dict:
             seen_uris.add(obj.uri)
         if error is not None:
             if isinstance(error, FetchError):
-                reject(obj, error.rule, error.reason)
+                reason = error.reason
+                if error.rule == "not_image":  # a verdict carried over from the previous ingest
+                    reason = reason.removesuffix(" (unchanged since the last ingest)")
+                reject(obj, error.rule, reason)
             else:
                 reject(obj, "unreadable", str(error))
             return

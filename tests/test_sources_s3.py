@@ -97,9 +97,10 @@ def test_refresh_downloads_only_new_objects_and_keeps_history(project, aws_env, 
     bucket = new_bucket(client, versioned=True)
     first = {f"raw/{i % 3}/img-{i:04d}.jpg": jpeg(i) for i in range(40)}
     put = put_many(client, bucket, first)
+    put_many(client, bucket, {"raw/readme.jpg": b"text named like an image"})  # rejected once, not refetched
     s3_params(project, bucket, proxy.url)
     summary, layout = run_ingest(project)
-    assert proxy.gets_total() == 40 and summary["fetch"]["downloaded"] == 40
+    assert proxy.gets_total() == 41 and summary["fetch"]["downloaded"] == 41
     pins = {r["key"]: r for r in table(layout, "pins")}
     for key in first:  # versioned bucket: the VersionId is pinned
         assert pins[key]["version_id"] == put[key]["VersionId"] != ""
@@ -114,7 +115,8 @@ def test_refresh_downloads_only_new_objects_and_keeps_history(project, aws_env, 
     summary, layout = run_ingest(project)
     assert proxy.gets_total() == 10
     assert set(proxy.object_gets) == {f"/{bucket}/{k}" for k in added}
-    assert summary["fetch"]["downloaded"] == 10 and summary["fetch"]["reused"] == 35
+    assert summary["fetch"]["downloaded"] == 10 and summary["fetch"]["reused"] == 36
+    assert [(r["uri"], r["rule"]) for r in table(layout, "rejected")] == [(f"s3://{bucket}/raw/readme.jpg", "not_image")]
     current = set(first) - set(deleted) | set(added)
     rows = table(layout, "images")
     assert {r["uri"] for r in rows if r["role"] == "candidate"} == {f"s3://{bucket}/{k}" for k in current}

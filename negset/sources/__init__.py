@@ -123,6 +123,19 @@ class Previous:
         path = self.layout.object_path(row["sha256"])
         return row if path.is_file() else None
 
+    # rejections that depend on the bytes alone (not on parameters such as max_image_pixels)
+    CONTENT_REJECTS = ("not_image: empty file", "not_image: not an image (content not recognised)")
+
+    def match_rejected(self, uri: str, etag: str) -> FetchError | None:
+        """The previous verdict on this exact object when it was refused for its content alone."""
+        row = self.by_uri.get(uri)
+        if row is None or not etag or row["etag"] != etag or row["status"] != "rejected":
+            return None
+        if row["reason"] not in self.CONTENT_REJECTS:
+            return None
+        rule, _, reason = row["reason"].partition(": ")
+        return FetchError(rule, f"{reason} (unchanged since the last ingest)")
+
     def read_stored(self, row: dict) -> bytes:
         data = self.layout.object_path(row["sha256"]).read_bytes()
         if atomic.sha256_bytes(data) != row["sha256"]:

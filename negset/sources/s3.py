@@ -186,9 +186,12 @@ class S3Source:
                     etag = str(item.get("ETag", "")).strip('"')
                     pin = Pin(key=key, etag=etag, last_modified=_iso(modified))
                     prev = self.previous.match(uri, etag) if self.previous is not None else None
+                    refused = self.previous.match_rejected(uri, etag) if self.previous is not None else None
                     if prev is not None:
                         pin.version_id = prev["version_id"] or ""
                         read = partial(self._reuse, prev)
+                    elif refused is not None:  # not an image last time, same bytes now: no download
+                        read = partial(self._refuse_again, refused)
                     else:
                         read = partial(self._get, key, uri, pin)
                     yield SourceObject(uri=uri, source=source, size=size, version=etag, read=read, pin=pin,
@@ -232,6 +235,10 @@ class S3Source:
                                read=read, pin=pin, reused=prev is not None)
 
     # -- reading -------------------------------------------------------------
+    def _refuse_again(self, error: FetchError) -> bytes:
+        self.stats.add("reused")
+        raise error
+
     def _reuse(self, row: dict) -> bytes:
         data = self.previous.read_stored(row)
         self.stats.add("reused")
