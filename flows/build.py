@@ -16,7 +16,9 @@ from tasks.steps import BY_NAME
 def _summary_markdown(step: str, summary: dict) -> str:
     lines = [f"## negset {step}", "", "| key | value |", "|---|---|"]
     for k, v in sorted(summary.items()):
-        if not isinstance(v, (dict, list)):
+        if isinstance(v, dict):  # e.g. ingest's download counters
+            lines += [f"| {k}.{kk} | {vv} |" for kk, vv in sorted(v.items()) if not isinstance(vv, (dict, list))]
+        elif not isinstance(v, list):
             lines.append(f"| {k} | {v} |")
     return "\n".join(lines)
 

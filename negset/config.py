@@ -8,8 +8,10 @@ closest valid one.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -49,18 +51,136 @@ class LocalSource(_Section):
     recursive: bool = True
 
 
+IMAGE_SUFFIXES = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
+_CREDENTIAL_KEYS = ("access_key", "secret", "session_token", "password", "credentials", "token")
+
+
+def _refuse_credentials(value: Any) -> Any:
+    """Credentials come from the AWS chain only; never echo the value back."""
+    if isinstance(value, dict):
+        for key in value:
+            if any(c in str(key).lower() for c in _CREDENTIAL_KEYS):
+                raise ValueError(
+                    f"'{key}': credentials are not accepted in params.yaml; use the standard AWS chain "
+                    "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile in ~/.aws, or an instance/role)"
+                )
+    return value
+
+
+def _no_userinfo(url: str | None) -> str | None:
+    if url is not None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL")
+        if parts.username or parts.password:
+            raise ValueError("the URL must not contain credentials (user:password@)")
+    return url
+
+
+class _RemoteSource(_Section):
+    workers: int = Field(16, ge=1, le=256, description="concurrent downloads")
+    max_attempts: int = Field(8, ge=1, le=50, description="tries per request (throttling, 5xx, resets, timeouts)")
+    timeout: float = Field(60.0, gt=0, description="connect/read timeout per request, seconds")
+    max_size: int | None = Field(None, gt=0, description="objects larger than this many bytes are skipped")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, value: Any) -> Any:
+        return _refuse_credentials(value)
+
+
+class S3Connection(_RemoteSource):
+    """How to reach S3 (or an S3-compatible store); credentials from the AWS chain only."""
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, ...); default AWS")
+    region: str | None = None
+    profile: str | None = Field(None, description="AWS profile name (credentials stay in ~/.aws)")
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    anonymous: bool = Field(False, description="unsigned requests, for public buckets")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return _no_userinfo(value)
+
+
+class S3Source(S3Connection):
+    """An S3 bucket (some prefixes of it) as a candidate source."""
+
+    type: Literal["s3"]
+    bucket: str = Field(min_length=3, max_length=63)
+    prefixes: list[str] = Field(default_factory=lambda: [""], min_length=1)
+    recursive: bool = Field(True, description="false: only the keys directly under each prefix")
+    suffixes: list[str] = Field(default_factory=lambda: list(IMAGE_SUFFIXES))
+    min_size: int = Field(1, ge=0)
+    modified_after: datetime | None = None
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if "/" in value or value.startswith("s3:"):
+            raise ValueError("expected a bucket name only (put the key prefixes under 'prefixes')")
+        return value
+
+    @field_validator("prefixes", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("suffixes")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [s.lower() if s.startswith(".") or not s else "." + s.lower() for s in value]
+
+    @field_validator("modified_after")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class HttpSource(_RemoteSource):
+    """A list of http(s) URLs (text, one per line, or CSV with a url column)."""
+
+    type: Literal["http"]
+    urls: str = Field(description="the URL list file, relative to params.yaml")
+    workers: int = Field(8, ge=1, le=256)
+    max_size: int | None = Field(50_000_000, gt=0, description="refuse objects larger than this many bytes")
+
+
+def _default_local(value: Any) -> Any:
+    if isinstance(value, list):
+        return [dict(v, type="local") if isinstance(v, dict) and "type" not in v else v for v in value]
+    return value
+
+
+SourceSpec = Annotated[Union[LocalSource, S3Source, HttpSource], Field(discriminator="type")]
+
+
 class Ingest(_Section):
     target: list[str] = Field(min_length=1, description="class name(s) the negatives must not contain")
     positives: Positives
-    sources: list[LocalSource] = Field(
-        default_factory=list, description="candidate sources; empty = the folders the positives live in"
+    sources: list[SourceSpec] = Field(
+        default_factory=list, description="candidate sources; empty = the folders (or S3 prefixes) the positives live in"
     )
     max_image_pixels: int = Field(89_478_485, gt=0, description="larger images are refused before decoding")
+    source_depth: int = Field(0, ge=0, le=16, description="default sources: the positives' folder/prefix "
+                              "(0, not recursive) or the one this many levels up (recursive)")
+    s3: S3Connection = Field(default_factory=S3Connection, description="connection for s3:// positives and "
+                             "the default S3 sources")
 
     @field_validator("target", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _type_defaults_to_local(cls, value: Any) -> Any:
+        return _default_local(value)
 
 
 class Embed(_Section):
@@ -145,21 +265,35 @@ class Params(_Section):
     export: Export = Export()
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through list, Union, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        out += _models_in(arg)
+    origin = getattr(annotation, "__origin__", None)
+    if origin is not None and not out:
+        out += _models_in(origin)
+    return out
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that holds the key at ``loc`` (for suggestions)."""
-    model: Any = Params
+    models: list[type[BaseModel]] = [Params]
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+        tagged = [m for m in models if "type" in m.model_fields and m.model_fields["type"].default == part
+                  or getattr(m.model_fields.get("type"), "annotation", None) is not None
+                  and part in getattr(m.model_fields["type"].annotation, "__args__", ())]
+        if tagged:  # a discriminated union names the chosen member by its tag
+            models = tagged
+            continue
+        models = [n for m in models if part in m.model_fields for n in _models_in(m.model_fields[part].annotation)]
+        if not models:
             return None
-        annotation = model.model_fields[part].annotation
-        args = getattr(annotation, "__args__", ())
-        candidates = [annotation, *args]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            return None
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+    return models[0] if len(models) == 1 else None
 
 
 def _key(part: Any) -> Any:
@@ -168,7 +302,9 @@ def _key(part: Any) -> Any:
 
 def _describe(error: dict, source: str) -> str:
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("function-after",)))
-    key = ".".join(p if isinstance(p, str) and p.isprintable() else repr(p) for p in map(_key, loc)) or "(top level)"
+    # a source's type tag (ingest.sources.0.s3.bucket) is not a key the user wrote
+    shown_loc = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in _SOURCE_TAGS)]
+    key = ".".join(p if isinstance(p, str) and p.isprintable() else repr(p) for p in map(_key, shown_loc)) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
         model = _model_at(loc)
@@ -180,8 +316,16 @@ def _describe(error: dict, source: str) -> str:
         return f"{source}: {key}: required key is missing"
     msg = error["msg"].removeprefix("Value error, ")
     got = error.get("input")
-    shown = "" if isinstance(got, dict) else f", got {got!r}"
+    shown = "" if isinstance(got, dict) else f", got {_redact(repr(got))}"
     return f"{source}: {key}: {msg}{shown}"
+
+
+_SOURCE_TAGS = ("local", "s3", "http")
+
+
+def _redact(text: str) -> str:
+    """Hide a user:password@ part of a URL so that an error never shows a secret."""
+    return re.sub(r"//[^/\s@']*@", "//***@", text)
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:

@@ -4,7 +4,16 @@ Every object is identified by content (not extension), hashed (sha256) and
 stored once under ``data/ingest/objects/<aa>/<sha256>``. The step writes
 ``images.parquet`` (one row per distinct image, with its role: positive or
 candidate), ``labels.parquet`` (boxes of labelled images) and
-``rejected.parquet`` (what was not an image, and why).
+``rejected.parquet`` (what was not an image or could not be read, and why),
+``pins.parquet`` (one row per source object: key, ETag, VersionId, size,
+last-modified, sha256, status) and ``history.parquet`` (objects that left the
+pool: deleted from their source or replaced by a new version).
+
+A second ingest downloads only new or changed remote objects: an object with
+the same uri and ETag as in the previous ``pins.parquet`` reuses its stored
+bytes (``data/ingest`` is a persistent DVC output for that reason). Stored
+objects no longer referenced are removed at the end, so ``objects/`` always
+holds exactly the current pool.
 """
 
 from __future__ import annotations
@@ -16,13 +25,14 @@ import pyarrow as pa
 
 from negset import atomic
 from negset.config import LocalSource as LocalSourceSpec
+from negset.config import S3Source as S3SourceSpec
 from negset.config import Params
 from negset.errors import NegsetError
 from negset.imageio import ImageRejected, probe
-from negset.labels import load_positives
+from negset.labels import load_positives, parse_s3_uri
 from negset.layout import Layout
 from negset.progress import track
-from negset.sources import SourceObject, build_sources
+from negset.sources import FetchError, Previous, SourceObject, build_sources, fetch
 
 log = logging.getLogger("negset.ingest")
 
@@ -49,15 +59,37 @@ LABELS_SCHEMA = pa.schema(
     + [(k, pa.float32()) for k in ("x0", "y0", "x1", "y1")]
     + [("crowd", pa.bool_())]
 )
+PINS_SCHEMA = pa.schema(
+    [("uri", pa.string()), ("source", pa.string()), ("key", pa.string()), ("etag", pa.string()),
+     ("version_id", pa.string()), ("size", pa.int64()), ("last_modified", pa.string()), ("sha256", pa.string()),
+     ("status", pa.string()), ("reason", pa.string())]
+)
+HISTORY_SCHEMA = pa.schema(
+    [("event", pa.string()), ("at", pa.string())] + [f for f in PINS_SCHEMA if f.name not in ("status", "reason")]
+)
 REJECTED_SCHEMA = pa.schema(
     [("uri", pa.string()), ("source", pa.string()), ("step", pa.string()), ("rule", pa.string()), ("reason", pa.string())]
 )
 
 
-def default_source_specs(positive_paths: set[Path]) -> list[LocalSourceSpec]:
-    """The folders the positives live in (not their subfolders)."""
-    folders = sorted({p.parent for p in positive_paths})
-    return [LocalSourceSpec(path=str(f), recursive=False) for f in folders]
+def default_source_specs(positive_paths: set[Path], depth: int = 0) -> list[LocalSourceSpec]:
+    """The folders the positives live in (not their subfolders), or the folders ``depth`` levels up (recursive)."""
+    folders = sorted({p.parents[min(depth, len(p.parents) - 1)] for p in positive_paths})
+    return [LocalSourceSpec(path=str(f), recursive=depth > 0) for f in folders]
+
+
+def default_s3_specs(uris: set[str], depth: int, connection) -> list[S3SourceSpec]:
+    """The prefixes the s3:// positives live in (``depth`` levels up: recursive), one source per bucket."""
+    prefixes: dict[str, set[str]] = {}
+    for uri in uris:
+        bucket, key = parse_s3_uri(uri)
+        parts = key.split("/")[:-1]
+        parts = parts[: max(0, len(parts) - depth)]
+        prefixes.setdefault(bucket, set()).add("/".join(parts) + "/" if parts else "")
+    return [
+        S3SourceSpec(type="s3", bucket=b, prefixes=sorted(p), recursive=depth > 0, **connection.model_dump())
+        for b, p in sorted(prefixes.items())
+    ]
 
 
 def store_object(layout: Layout, sha256: str, data: bytes) -> Path:
@@ -71,31 +103,55 @@ def run(params: Params, layout: Layout) -> dict:
     cfg = params.ingest
     positives = load_positives(cfg.positives, cfg.target, layout.root)
     targets = set(cfg.target)
-    specs = list(cfg.sources) or default_source_specs(positives.paths)
-    sources = build_sources(specs, layout.root, layout)
+    specs = list(cfg.sources) or (
+        default_source_specs(positives.paths, cfg.source_depth)
+        + default_s3_specs(positives.uris, cfg.source_depth, cfg.s3)
+    )
+    previous = Previous.load(layout)
+    sources = build_sources(specs, layout.root, layout, previous)
     labels = positives.labels
 
     rows: dict[str, dict] = {}
     boxes: list[dict] = []
     rejected: list[dict] = []
+    pins: list[dict] = []
     seen_paths: set[Path] = set()
+    seen_uris: set[str] = set()
 
-    def take(obj: SourceObject) -> None:
+    def pin_row(obj: SourceObject, sha: str, status: str, reason: str = "", size: int | None = None) -> None:
+        pins.append(dict(
+            uri=obj.uri, source=obj.source, key=obj.pin.key or obj.uri, etag=obj.pin.etag,
+            version_id=obj.pin.version_id, size=obj.size if size is None else size,
+            last_modified=obj.pin.last_modified, sha256=sha, status=status, reason=reason,
+        ))
+
+    def reject(obj: SourceObject, rule: str, reason: str, sha: str = "", size: int | None = None) -> None:
+        rejected.append(dict(uri=obj.uri, source=obj.source, step="ingest", rule=rule, reason=reason))
+        pin_row(obj, sha, "rejected", f"{rule}: {reason}", size)
+
+    def take(obj: SourceObject, data: bytes | None, error: Exception | None) -> None:
         path = obj.local_path
         if path is not None:
             seen_paths.add(path)
-        try:
-            data = obj.read()
-        except OSError as exc:
-            rejected.append(dict(uri=obj.uri, source=obj.source, step="ingest", rule="unreadable", reason=str(exc)))
+        else:
+            seen_uris.add(obj.uri)
+        if error is not None:
+            if isinstance(error, FetchError):
+                reason = error.reason
+                if error.rule == "not_image":  # a verdict carried over from the previous ingest
+                    reason = reason.removesuffix(" (unchanged since the last ingest)")
+                reject(obj, error.rule, reason)
+            else:
+                reject(obj, "unreadable", str(error))
             return
+        sha = atomic.sha256_bytes(data)
         try:
             info = probe(data, cfg.max_image_pixels)
         except ImageRejected as exc:
-            rejected.append(dict(uri=obj.uri, source=obj.source, step="ingest", rule="not_image", reason=exc.reason))
+            reject(obj, "not_image", exc.reason, sha, len(data))
             return
-        sha = atomic.sha256_bytes(data)
-        is_positive = path in positives.paths
+        pin_row(obj, sha, "image", size=len(data))
+        is_positive = path in positives.paths if path is not None else obj.uri in positives.uris
         row = rows.get(sha)
         if row is not None:  # same bytes seen before: one image, positive if any copy is
             row["copies"] += 1
@@ -109,7 +165,7 @@ def run(params: Params, layout: Layout) -> dict:
             sha256=sha,
             uri=obj.uri,
             source=obj.source,
-            version=obj.version,
+            version=obj.pin.version_id or obj.pin.etag or obj.version,
             size=len(data),
             format=info.format,
             width=info.width,
@@ -126,10 +182,10 @@ def run(params: Params, layout: Layout) -> dict:
 
     def all_objects():
         for src in sources:
-            yield from src.list()
+            yield from fetch(src.list(), getattr(src, "workers", 1))
 
-    for obj in track(all_objects(), None, "ingest"):
-        take(obj)
+    for obj, data, error in track(all_objects(), None, "ingest", nbytes=lambda item: len(item[1] or b"")):
+        take(obj, data, error)
     # Positives that live outside the candidate sources are ingested too: later
     # steps need them (embedding, strata, leak checks).
     from negset.sources.local import LocalSource
@@ -138,8 +194,29 @@ def run(params: Params, layout: Layout) -> dict:
     for p in extra:
         for obj in LocalSource(p.parent, recursive=False, layout=layout).list():
             if obj.local_path == p:
-                take(obj)
+                take(*next(fetch([obj], 1)))
 
+    extra_uris = sorted(positives.uris - seen_uris)
+    if extra_uris:
+        from negset.sources.s3 import S3Source
+
+        by_bucket: dict[str, list[str]] = {}
+        for uri in extra_uris:
+            bucket, key = parse_s3_uri(uri)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in sorted(by_bucket.items()):
+            spec = S3SourceSpec(type="s3", bucket=bucket, **cfg.s3.model_dump())
+            src = S3Source(spec, previous=previous)
+            src.name = f"s3://{bucket} (positives)"
+            sources.append(src)
+            for item in fetch(src.objects_for(keys), src.workers):
+                take(*item)
+    missing = sorted(u for u in positives.uris if u not in {r["uri"] for r in pins if r["status"] == "image"})
+    if missing:
+        raise NegsetError(f"ingest.positives: {len(missing)} s3:// positive(s) could not be read as images, "
+                          f"first: {missing[0]}", hint="the warnings above name the cause of each")
+
+    fetched = _fetch_stats(sources)
     n_pos = sum(r["role"] == "positive" for r in rows.values())
     n_cand = len(rows) - n_pos
     if n_cand == 0:
@@ -153,6 +230,10 @@ def run(params: Params, layout: Layout) -> dict:
     boxes.sort(key=lambda b: (b["sha256"], b["cls"], b["x0"], b["y0"], b["x1"], b["y1"]))
     atomic.write_parquet(pa.Table.from_pylist(boxes, schema=LABELS_SCHEMA), layout.ingest / "labels.parquet")
     atomic.write_parquet(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), layout.ingest / "rejected.parquet")
+    pins.sort(key=lambda r: (r["uri"], r["source"]))
+    removed = _update_history(layout, previous, pins)
+    atomic.write_parquet(pa.Table.from_pylist(pins, schema=PINS_SCHEMA), layout.ingest / "pins.parquet")
+    pruned = _prune_objects(layout, set(rows))
     summary = dict(
         target=list(cfg.target),
         sources=[s.name for s in sources],
@@ -167,4 +248,67 @@ def run(params: Params, layout: Layout) -> dict:
         "ingest: %d images (%d positives, %d candidates), %d rejected",
         len(rows), n_pos, n_cand, len(rejected),
     )
-    return summary
+    if fetched or removed:
+        log.info("ingest: %d downloaded, %d reused, %d left the pool, %d stored objects pruned",
+                 fetched.get("downloaded", 0), fetched.get("reused", 0), removed, pruned)
+    # what this run did (not written to summary.json, which must not change when the pool does not)
+    return dict(summary, fetch=fetched, removed=removed)
+
+
+def _fetch_stats(sources) -> dict:
+    """Sum of the remote sources' counters; logs each source's throughput."""
+    total: dict[str, int] = {}
+    for src in sources:
+        stats = getattr(src, "stats", None)
+        if stats is None:
+            continue
+        d = stats.as_dict()
+        log.info(
+            "%s: %d listed, %d filtered out, %d downloaded (%.1f MB), %d reused, %d retries, %d failed",
+            src.name, d["listed"], d["filtered"], d["downloaded"], d["bytes"] / 1e6, d["reused"], d["retries"],
+            d["failed"],
+        )
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def _update_history(layout: Layout, previous: Previous, pins: list[dict]) -> int:
+    """Append to history.parquet the previous objects that are not in the pool any more.
+
+    ``deleted``: the uri is gone from its source; ``replaced``: the uri now has
+    other bytes (new ETag/version) or could not be read this time.
+    """
+    import datetime as _dt
+
+    import pyarrow.parquet as pq
+
+    path = layout.ingest / "history.parquet"
+    old_rows = pq.read_table(path).to_pylist() if path.is_file() else []
+    current = {(r["uri"], r["sha256"]) for r in pins if r["status"] == "image"}
+    listed = {r["uri"] for r in pins}
+    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    events = []
+    for uri, row in sorted(previous.by_uri.items()):
+        if row["status"] != "image" or (uri, row["sha256"]) in current:
+            continue
+        event = "replaced" if uri in listed else "deleted"
+        events.append(dict({k: row.get(k) for k in HISTORY_SCHEMA.names if k in row}, event=event, at=now))
+    if events or not path.is_file():
+        atomic.write_parquet(pa.Table.from_pylist(old_rows + events, schema=HISTORY_SCHEMA), path)
+    return len(events)
+
+
+def _prune_objects(layout: Layout, keep: set[str]) -> int:
+    """Remove stored objects that no image of the current pool refers to."""
+    if not layout.objects.is_dir():
+        return 0
+    removed = 0
+    for sub in layout.objects.iterdir():
+        if not sub.is_dir():
+            continue
+        for f in sub.iterdir():
+            if f.name not in keep:
+                f.unlink()
+                removed += 1
+    return removed

@@ -45,6 +45,7 @@ class LabelSet:
 class PositiveSpec:
     paths: set[Path]
     labels: LabelSet | None
+    uris: set[str] = field(default_factory=set)  # positives in object stores (s3://bucket/key)
 
 
 def _clip(v: float) -> float:
@@ -128,6 +129,24 @@ def load_yolo(labels_dir: Path, classes_file: Path, images: Path) -> LabelSet:
 
 def load_list(path: Path) -> set[Path]:
     """Image paths from a text file (one per line) or a CSV (column path/uri/image or the first)."""
+    paths, uris = load_list_entries(path)
+    if uris:
+        first = sorted(uris)[0]
+        raise NegsetError(f"{path}: {first}: only local paths are supported here",
+                          hint="s3:// positives are read by the ingest step")
+    return paths
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key); a key is a name, never a local path."""
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise ValueError(f"{uri}: expected s3://BUCKET/KEY of one object")
+    return bucket, key
+
+
+def load_list_entries(path: Path) -> tuple[set[Path], set[str]]:
+    """Local image paths and s3:// URIs from a positives list."""
     if not path.is_file():
         raise NegsetError(f"{path}: positives list not found", hint="check ingest.positives.path")
     base = path.parent
@@ -143,16 +162,24 @@ def load_list(path: Path) -> set[Path]:
     else:
         entries = [s.strip() for s in path.read_text(encoding="utf-8").splitlines()]
         entries = [s for s in entries if s and not s.startswith("#")]
-    out = set()
+    out: set[Path] = set()
+    uris: set[str] = set()
     for entry in entries:
+        if entry.startswith("s3://"):
+            try:
+                parse_s3_uri(entry)
+            except ValueError as exc:
+                raise NegsetError(f"{path}: {exc}") from None
+            uris.add(entry)
+            continue
         if "://" in entry and not entry.startswith("file://"):
             raise NegsetError(
-                f"{path}: {entry}: only local paths are supported as positives for now",
-                hint="copy the positives locally or use a local folder",
+                f"{path}: {entry}: positives must be local paths or s3:// URIs",
+                hint="copy the positives locally, or list them as s3://BUCKET/KEY",
             )
         p = Path(entry.removeprefix("file://"))
         out.add((p if p.is_absolute() else base / p).resolve())
-    return out
+    return out, uris
 
 
 def check_targets(targets: list[str], labels: LabelSet) -> None:
@@ -167,13 +194,13 @@ def check_targets(targets: list[str], labels: LabelSet) -> None:
 def load_positives(spec: Positives, targets: list[str], root: Path) -> PositiveSpec:
     path = (root / spec.path).resolve()
     if spec.format == "list":
-        paths = load_list(path)
+        paths, uris = load_list_entries(path)
         missing = sorted(p for p in paths if not p.is_file())
         if missing:
             raise NegsetError(f"{path}: {len(missing)} positive image(s) not found, first: {missing[0]}")
-        if not paths:
+        if not paths and not uris:
             raise NegsetError(f"{path}: the positives list is empty")
-        return PositiveSpec(paths=paths, labels=None)
+        return PositiveSpec(paths=paths, labels=None, uris=uris)
     images = (root / spec.images).resolve()
     if not images.is_dir():
         raise NegsetError(f"{images}: image folder not found", hint="check ingest.positives.images")

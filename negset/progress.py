@@ -5,34 +5,42 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("negset")
 
 
-def track(items: Iterable[T], total: int | None, what: str, every_s: float = 10.0) -> Iterator[T]:
-    """Yield ``items``; show count, rate and ETA while doing so."""
+def track(items: Iterable[T], total: int | None, what: str, every_s: float = 10.0,
+          nbytes: Callable[[T], int] | None = None) -> Iterator[T]:
+    """Yield ``items``; show count, rate and ETA while doing so (and MB, MB/s when ``nbytes`` sizes an item)."""
     if sys.stderr.isatty():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        columns = [TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        if nbytes is not None:
+            columns.append(TextColumn("{task.fields[mb]:.1f} MB"))
         with Progress(*columns, transient=True) as bar:
-            task = bar.add_task(what, total=total)
+            task = bar.add_task(what, total=total, mb=0.0)
+            size = 0
             for item in items:
                 yield item
-                bar.advance(task)
+                size += nbytes(item) if nbytes is not None else 0
+                bar.update(task, advance=1, mb=size / 1e6)
         return
     start = last = time.monotonic()
-    done = 0
+    done = size = 0
     for item in items:
         yield item
         done += 1
+        size += nbytes(item) if nbytes is not None else 0
         now = time.monotonic()
         if now - last >= every_s:
             rate = done / (now - start)
             eta = f", eta {(total - done) / rate:.0f}s" if total and rate > 0 else ""
-            log.info("%s: %d%s done, %.1f/s%s", what, done, f"/{total}" if total else "", rate, eta)
+            mb = f", {size / 1e6:.1f} MB at {size / 1e6 / (now - start):.2f} MB/s" if nbytes is not None else ""
+            log.info("%s: %d%s done, %.1f/s%s%s", what, done, f"/{total}" if total else "", rate, mb, eta)
             last = now
     elapsed = time.monotonic() - start
-    log.info("%s: %d done in %.1fs", what, done, elapsed)
+    mb = f" ({size / 1e6:.1f} MB, {size / 1e6 / max(elapsed, 1e-9):.2f} MB/s)" if nbytes is not None else ""
+    log.info("%s: %d done in %.1fs%s", what, done, elapsed, mb)

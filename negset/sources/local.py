@@ -11,6 +11,8 @@ from negset.sources import SourceObject
 
 
 class LocalSource:
+    workers = 1  # local reads are cheap: read in listing order, as they are listed
+
     def __init__(self, path: Path, recursive: bool = True, layout=None):
         self.path = Path(path)
         self.recursive = recursive
