@@ -31,7 +31,7 @@ def stage(step: str, params_path: str = "params.yaml", root: str = ".") -> dict:
 
 @flow(name="negset-build", log_prints=True)
 def build(params_path: str = "params.yaml", root: str = ".") -> dict:
-    """Run every step in order: ingest -> embed -> tag -> select -> export."""
+    """Run every step in order: ingest -> embed -> tag -> select -> export -> report."""
     results = {}
     for step in STEPS:
         results[step] = BY_NAME[step](params_path, root)

@@ -10,8 +10,8 @@ from pathlib import Path
 from negset.config import Params, load_params
 from negset.layout import Layout
 
-STEPS = ("ingest", "embed", "tag", "select", "export")
-_MODULES = {"ingest": "negset.ingest", "embed": "negset.embed", "tag": "negset.tags", "select": "negset.select", "export": "negset.export"}
+STEPS = ("ingest", "embed", "tag", "select", "export", "report")
+_MODULES = {"ingest": "negset.ingest", "embed": "negset.embed", "tag": "negset.tags", "select": "negset.select", "export": "negset.export", "report": "negset.report"}
 
 log = logging.getLogger("negset")
 
