@@ -73,6 +73,12 @@ def run(params: Params, layout: Layout) -> dict:
     targets = set(cfg.target)
     specs = list(cfg.sources) or default_source_specs(positives.paths)
     sources = build_sources(specs, layout.root, layout)
+    for i, src in enumerate(sources if cfg.sources else ()):  # validate before anything is written
+        if next(iter(src.list()), None) is None:
+            raise NegsetError(
+                f"ingest.sources: no candidate images found in {src.name} (ingest.sources[{i}].path holds no files)",
+                hint="point it at the folder with the candidate images, or remove the entry",
+            )
     labels = positives.labels
 
     rows: dict[str, dict] = {}
