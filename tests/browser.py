@@ -57,7 +57,7 @@ def ensure_chromium() -> tuple[str | None, str]:
     if os.geteuid() != 0:
         return None, "chromium is not installed and apt-get needs root (run: apt-get install -y chromium)"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = [apt, "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    cmd = [apt, "install", "-y", "-q", "chromium"]  # with its recommended fonts, for readable screenshots
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:  # stale package lists: refresh once and retry
         subprocess.run([apt, "update", "-q"], capture_output=True, text=True, env=env, timeout=600)
