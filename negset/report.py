@@ -43,6 +43,7 @@ MAX_STRATA_SHOWN = 40
 HARDEST = 12
 EXAMPLES_PER_RULE = 6
 MAX_QUARANTINE = 60
+MAX_MANIFEST_ROWS = 500
 BINS = 20
 
 POS_COLOR = "#3b6fb6"
@@ -577,7 +578,7 @@ def flatten(obj: dict, prefix: str = "") -> list[tuple[str, object]]:
 def section_manifest(d: dict) -> str:
     cols = ["uri", "sha256", "version", "stratum", "pos_similarity", "rule", "reason"]
     rows = []
-    for r in d["manifest"]:
+    for r in d["manifest"][:MAX_MANIFEST_ROWS]:
         cells = []
         for c in cols:
             v = r.get(c)
@@ -591,9 +592,11 @@ def section_manifest(d: dict) -> str:
             cells.append(f"<td>{esc(v)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{esc('hardness' if c == 'pos_similarity' else c)}</th>" for c in cols)
+    n = len(d["manifest"])
+    shown = f" The first {MAX_MANIFEST_ROWS} of {n} rows." if n > MAX_MANIFEST_ROWS else ""
     return (
         '<h2 id="manifest">Manifest</h2><p class="note">data/negatives/manifest.parquet (and manifest.csv): '
-        f"one row per negative.</p><table><tr>{head}</tr>{''.join(rows)}</table>"
+        f"one row per negative.{shown}</p><table><tr>{head}</tr>{''.join(rows)}</table>"
     )
 
 

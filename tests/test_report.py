@@ -49,6 +49,17 @@ def test_report_is_one_self_contained_file(built_project):
     assert run_info["model"]["weights_sha256"] in page and "selection seed" in page
 
 
+def test_outputs_get_the_usual_permissions(built_project):
+    """Atomic writes go through private temporary files; the results must not stay private (0600)."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for rel in ("data/negatives/report.html", "data/negatives/manifest.parquet", "data/negatives/plots/strata.csv"):
+        assert (built_project / rel).stat().st_mode & 0o777 == 0o666 & ~mask, rel
+    assert (built_project / "data/negatives").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
 def test_hardest_negatives_sit_beside_their_nearest_positive(built_project):
     from negset import report
 
