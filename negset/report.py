@@ -214,7 +214,7 @@ def histogram(values: list[float], bins: int = BINS, lo: float | None = None, hi
 
 def _read(path: Path, what: str) -> list[dict]:
     if not path.exists():
-        step = {"negatives": "export"}.get(path.parent.name, path.parent.name)
+        step = {"negatives": "export", "tags": "tag"}.get(path.parent.name, path.parent.name)
         raise NegsetError(f"{path}: missing; {what} is built by the '{step}' step", hint=f"run `negset {step}` first")
     return pq.read_table(path).to_pylist()
 

@@ -145,3 +145,12 @@ def test_yolo_refuses_to_replace_a_foreign_folder(built, tmp_path):
     proc = negset(built, "export-yolo", "--out", str(foreign), check=False)
     assert proc.returncode == 2 and "refusing to replace it" in proc.stderr and "Traceback" not in proc.stderr
     assert (foreign / "keep.txt").read_text() == "precious"
+
+
+def test_help_shows_each_command_with_examples(built):
+    top = run([sys.executable, "-m", "negset", "--help"], built).stdout
+    for cmd in ("report", "export-coco", "export-yolo"):
+        assert f"\n    {cmd} " in top and f"negset {cmd}" in top
+    for cmd, option in (("export-coco", "--no-merge"), ("export-yolo", "--out")):
+        text = run([sys.executable, "-m", "negset", cmd, "--help"], built).stdout
+        assert "examples:" in text and option in text
