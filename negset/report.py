@@ -529,7 +529,11 @@ def section_quarantine(d: dict, th: _Thumbs, layout: Layout) -> str:
             if uri:
                 path = layout.resolve_uri(uri)
         fig = th.figure(sha, "", "rej", r.get("uri", ""), path=path)
-        parts.append(f"<tr><td>{fig}</td>" + "".join(f"<td>{esc(r.get(c))}</td>" for c in cols) + "</tr>")
+        cells = "".join(
+            f'<td title="{esc(r.get(c))}">{esc(str(r.get(c))[:12])}</td>' if c == "sha256" else f"<td>{esc(r.get(c))}</td>"
+            for c in cols
+        )
+        parts.append(f"<tr><td>{fig}</td>{cells}</tr>")
     parts.append("</table>")
     return "".join(parts)
 
