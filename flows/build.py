@@ -6,11 +6,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from negset.errors import hide_user_error_tracebacks
 from negset.pipeline import STEPS
 from tasks.steps import BY_NAME
+
+# A user's mistake (NegsetError) shows as its message and hint on the console, not a traceback.
+hide_user_error_tracebacks(logging.getLogger().handlers)
 
 
 def _summary_markdown(step: str, summary: dict) -> str:
@@ -33,7 +39,7 @@ def stage(step: str, params_path: str = "params.yaml", root: str = ".") -> dict:
 
 @flow(name="negset-build", log_prints=True)
 def build(params_path: str = "params.yaml", root: str = ".") -> dict:
-    """Run every step in order: ingest -> embed -> tag -> select -> export."""
+    """Run every step in order: ingest -> embed -> tag -> select -> export -> report."""
     results = {}
     for step in STEPS:
         results[step] = BY_NAME[step](params_path, root)

@@ -20,6 +20,11 @@ examples:
   negset ingest                     run one step (what each dvc.yaml stage calls)
   negset --no-prefect select        run a step without Prefect
   negset --params other.yaml --json export
+  negset report                     write data/negatives/report.html (open it in any browser, offline)
+  negset export-coco                negatives as COCO images, merged into the positives' COCO file
+  negset export-coco --no-merge --out negatives.json
+  negset export-yolo --out /data/yolo-negatives
+                                    Ultralytics layout: images/, labels/ (empty .txt), negatives.txt
   dvc repro                         run the stages that changed, each through negset
 """
 
@@ -29,6 +34,7 @@ STEP_HELP = {
     "tag": "lighting, background and occlusion tags (data/tags)",
     "select": "choose negatives with per-stratum quotas (data/select)",
     "export": "manifest, images, metrics and run record (data/negatives)",
+    "report": "offline HTML report and DVC plots (data/negatives/report.html, plots/)",
 }
 
 
@@ -53,6 +59,29 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for step in STEPS:
         sub.add_parser(step, help=STEP_HELP[step], description=STEP_HELP[step])
+    coco = sub.add_parser(
+        "export-coco",
+        help="the negatives as a COCO file (merged into the positives' COCO file when there is one)",
+        description="Write the negatives as COCO images without annotations. When the positives are a COCO "
+        "file, the output is a copy of it with the negatives added (new unique image ids; every original "
+        "image, annotation and category kept). file_name is relative to the image root.",
+        epilog="examples:\n  negset export-coco\n  negset export-coco --positives train.json --image-root images/train "
+        "--out train_with_negatives.json\n  negset --json export-coco --no-merge --out negatives.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    coco.add_argument("--out", help="output JSON (default: data/exports/coco/instances.json)")
+    coco.add_argument("--positives", help="COCO file to merge into (default: ingest.positives.path when its format is coco)")
+    coco.add_argument("--no-merge", action="store_true", help="write the negatives alone, not merged")
+    coco.add_argument("--image-root", help="folder file_name is relative to (default: ingest.positives.images when merging, else data/negatives/images)")
+    yolo = sub.add_parser(
+        "export-yolo",
+        help="the negatives in the Ultralytics YOLO layout (images/, empty labels/, negatives.txt)",
+        description="Write images/ and labels/ siblings with matching stems (one empty .txt per negative: no "
+        "objects) and negatives.txt, the image list; add the folder or the list to train: in data.yaml.",
+        epilog="examples:\n  negset export-yolo\n  negset export-yolo --out /data/yolo-negatives",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    yolo.add_argument("--out", help="output folder (default: data/exports/yolo); replaced whole on each export")
     sub.add_parser("build", help="run all steps in order, in one flow run")
     sub.add_parser("check", help="validate the parameters file")
     return p
@@ -77,6 +106,14 @@ def _run(args) -> dict:
     params_path = str(Path(args.params).resolve())
     if args.command == "check":
         return params.model_dump(mode="json")
+    if args.command in ("export-coco", "export-yolo"):  # quick file writes: no orchestration
+        from negset import exports
+        from negset.layout import Layout
+
+        layout = Layout.at(root)
+        if args.command == "export-coco":
+            return exports.coco(params, layout, out=args.out, positives=args.positives, merge=not args.no_merge, image_root=args.image_root)
+        return exports.yolo(params, layout, out=args.out)
     if args.no_prefect:
         from negset.lock import project_lock
 

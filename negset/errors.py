@@ -19,3 +19,24 @@ class NegsetError(Exception):
         if self.hint:
             return f"{self.message}\n  hint: {self.hint}"
         return self.message
+
+
+class HideUserErrorTracebacks:
+    """A logging filter: records about a ``NegsetError`` keep their message but lose the traceback.
+
+    Orchestrators (Prefect) log a failed task's exception with its traceback;
+    for a user's mistake the one-line message and hint are what helps.
+    """
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, NegsetError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def hide_user_error_tracebacks(handlers) -> None:
+    for handler in handlers:
+        if not any(isinstance(f, HideUserErrorTracebacks) for f in handler.filters):
+            handler.addFilter(HideUserErrorTracebacks())

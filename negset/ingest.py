@@ -33,6 +33,7 @@ from negset.labels import load_positives, parse_s3_uri
 from negset.layout import Layout
 from negset.progress import track
 from negset.sources import FetchError, Previous, SourceObject, build_sources, fetch
+from negset.sources.local import LocalSource
 
 log = logging.getLogger("negset.ingest")
 
@@ -109,6 +110,12 @@ def run(params: Params, layout: Layout) -> dict:
     )
     previous = Previous.load(layout)
     sources = build_sources(specs, layout.root, layout, previous)
+    for i, src in enumerate(sources if cfg.sources else ()):  # validate local folders before anything is written
+        if isinstance(src, LocalSource) and next(iter(src.list()), None) is None:
+            raise NegsetError(
+                f"ingest.sources: no candidate images found in {src.name} (ingest.sources[{i}].path holds no files)",
+                hint="point it at the folder with the candidate images, or remove the entry",
+            )
     labels = positives.labels
 
     rows: dict[str, dict] = {}
@@ -188,7 +195,6 @@ def run(params: Params, layout: Layout) -> dict:
         take(obj, data, error)
     # Positives that live outside the candidate sources are ingested too: later
     # steps need them (embedding, strata, leak checks).
-    from negset.sources.local import LocalSource
 
     extra = sorted(positives.paths - seen_paths)
     for p in extra:

@@ -11,8 +11,8 @@ from negset.config import Params, load_params
 from negset.layout import Layout
 from negset.lock import project_lock
 
-STEPS = ("ingest", "embed", "tag", "select", "export")
-_MODULES = {"ingest": "negset.ingest", "embed": "negset.embed", "tag": "negset.tags", "select": "negset.select", "export": "negset.export"}
+STEPS = ("ingest", "embed", "tag", "select", "export", "report")
+_MODULES = {"ingest": "negset.ingest", "embed": "negset.embed", "tag": "negset.tags", "select": "negset.select", "export": "negset.export", "report": "negset.report"}
 
 log = logging.getLogger("negset")
 

@@ -38,5 +38,6 @@ embed = _make("embed", retries=1)
 tag = _make("tag", retries=0)
 select = _make("select", retries=0)
 export = _make("export", retries=1)
+report = _make("report", retries=0)
 
-BY_NAME = {"ingest": ingest, "embed": embed, "tag": tag, "select": select, "export": export}
+BY_NAME = {"ingest": ingest, "embed": embed, "tag": tag, "select": select, "export": export, "report": report}

@@ -90,3 +90,17 @@ def write_params(root: Path, **sections) -> None:
         else:
             params[key] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory) -> Path:
+    """The demo built once per session (``negset --no-prefect build``); copy it before changing it."""
+    root = copy_project(tmp_path_factory.mktemp("built") / "proj")
+    run([sys.executable, "-m", "negset", "--no-prefect", "-q", "build"], root)
+    return root
+
+
+def copy_built(built: Path, dest: Path) -> Path:
+    """A private copy of a built project (tests that change files use this)."""
+    shutil.copytree(built, dest, symlinks=True)
+    return dest

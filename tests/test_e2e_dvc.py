@@ -32,7 +32,7 @@ def ran_stages(output: str) -> list[str]:
 def test_dvc_repro_builds_then_reruns_only_what_changed(dvc_project):
     root = dvc_project
     first = run([str(BIN / "dvc"), "repro"], root)
-    assert ran_stages(first.stdout) == ["ingest", "embed", "tag", "select", "export"]
+    assert ran_stages(first.stdout) == ["ingest", "embed", "tag", "select", "export", "report"]
     assert "Flow run" in first.stdout + first.stderr  # each stage ran as a Prefect flow
 
     out = root / "data" / "negatives"
@@ -43,6 +43,16 @@ def test_dvc_repro_builds_then_reruns_only_what_changed(dvc_project):
     assert all((out / r["image"]).is_file() and r["reason"] for r in manifest)
     shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], root).stdout)
     assert find_key(shown, "negatives") == 8 and find_key(shown, "positives") == 16
+    assert (out / "report.html").is_file()
+    plots = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], root).stdout)["data"]
+    strata = plots["data/negatives/plots/strata.csv"][0]["content"]
+    assert strata["encoding"]["y"]["field"] == "stratum" and strata["encoding"]["color"]["field"] == "set"
+    values = strata["data"]["values"]
+    assert sum(int(v["count"]) for v in values if v["set"] == "negatives") == 8
+    hardness = plots["data/negatives/plots/hardness.csv"][0]["content"]["data"]["values"]
+    assert sum(int(v["count"]) for v in hardness if v["set"] == "negatives") == 8
+    run([str(BIN / "dvc"), "plots", "show", "-o", str(root / "dvc_plots")], root)
+    assert "strata.csv" in (root / "dvc_plots" / "index.html").read_text()
 
     # nothing changed: no stage runs
     second = run([str(BIN / "dvc"), "repro"], root)
@@ -51,7 +61,7 @@ def test_dvc_repro_builds_then_reruns_only_what_changed(dvc_project):
     # a selection parameter changed: only select and export run
     write_params(root, select={"count": 6})
     third = run([str(BIN / "dvc"), "repro"], root)
-    assert ran_stages(third.stdout) == ["select", "export"]
+    assert ran_stages(third.stdout) == ["select", "export", "report"]
     assert len(pq.read_table(out / "manifest.parquet")) == 6
     status = run([str(BIN / "dvc"), "status", "--json"], root)
     assert json.loads(status.stdout) == {}
