@@ -18,7 +18,9 @@ holds exactly the current pool.
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -125,12 +127,17 @@ def run(params: Params, layout: Layout) -> dict:
     seen_paths: set[Path] = set()
     seen_uris: set[str] = set()
 
+    journal = Journal(layout)
+
     def pin_row(obj: SourceObject, sha: str, status: str, reason: str = "", size: int | None = None) -> None:
-        pins.append(dict(
+        pin = dict(
             uri=obj.uri, source=obj.source, key=obj.pin.key or obj.uri, etag=obj.pin.etag,
             version_id=obj.pin.version_id, size=obj.size if size is None else size,
             last_modified=obj.pin.last_modified, sha256=sha, status=status, reason=reason,
-        ))
+        )
+        pins.append(pin)
+        if status == "image" and obj.local_path is None and obj.pin.etag:
+            journal.add(pin)  # a killed run's next try reuses what this one stored
 
     def reject(obj: SourceObject, rule: str, reason: str, sha: str = "", size: int | None = None) -> None:
         rejected.append(dict(uri=obj.uri, source=obj.source, step="ingest", rule=rule, reason=reason))
@@ -239,6 +246,7 @@ def run(params: Params, layout: Layout) -> dict:
     pins.sort(key=lambda r: (r["uri"], r["source"]))
     removed = _update_history(layout, previous, pins)
     atomic.write_parquet(pa.Table.from_pylist(pins, schema=PINS_SCHEMA), layout.ingest / "pins.parquet")
+    journal.close(done=True)  # pins.parquet holds it all now
     pruned = _prune_objects(layout, set(rows))
     summary = dict(
         target=list(cfg.target),
@@ -259,6 +267,38 @@ def run(params: Params, layout: Layout) -> dict:
                  fetched.get("downloaded", 0), fetched.get("reused", 0), removed, pruned)
     # what this run did (not written to summary.json, which must not change when the pool does not)
     return dict(summary, fetch=fetched, removed=removed)
+
+
+class Journal:
+    """Pins of remote objects as they are stored, one JSON line each, flushed at once.
+
+    ``pins.parquet`` is written at the end of an ingest; if the process is
+    killed before that, the next ingest reads this journal too (``Previous``)
+    and does not download again what was already stored.
+    """
+
+    NAME = "pins-journal.jsonl"
+
+    def __init__(self, layout: Layout):
+        self.path = layout.ingest / self.NAME
+        self.fh = None
+        self.lock = threading.Lock()
+
+    def add(self, pin: dict) -> None:
+        with self.lock:
+            if self.fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.fh = open(self.path, "a", encoding="utf-8")
+            self.fh.write(json.dumps(pin, sort_keys=True, default=str) + "\n")
+            self.fh.flush()
+
+    def close(self, done: bool) -> None:
+        with self.lock:
+            if self.fh is not None:
+                self.fh.close()
+                self.fh = None
+            if done and self.path.exists():
+                self.path.unlink()
 
 
 def _fetch_stats(sources) -> dict:

@@ -101,15 +101,27 @@ class Previous:
     @classmethod
     def load(cls, layout) -> "Previous":
         path = layout.ingest / "pins.parquet"
-        if not path.is_file():
-            return cls([], layout)
         import pyarrow.parquet as pq
 
-        try:
-            return cls(pq.read_table(path).to_pylist(), layout)
-        except Exception as exc:  # a damaged pins file only costs a full download
-            log.warning("%s: unreadable (%s); downloading everything again", path, exc)
-            return cls([], layout)
+        rows: list[dict] = []
+        if path.is_file():
+            try:
+                rows = pq.read_table(path).to_pylist()
+            except Exception as exc:  # a damaged pins file only costs a full download
+                log.warning("%s: unreadable (%s); downloading everything again", path, exc)
+        journal = layout.ingest / "pins-journal.jsonl"  # left by a run that was killed
+        if journal.is_file():
+            import json
+
+            kept = 0
+            for line in journal.read_text(encoding="utf-8").splitlines():
+                try:
+                    rows.append(json.loads(line))
+                    kept += 1
+                except json.JSONDecodeError:  # the line being written when the run died
+                    continue
+            log.info("%s: resuming: %d objects stored by an interrupted ingest", journal, kept)
+        return cls(rows, layout)
 
     def match(self, uri: str, etag: str, version_id: str = "") -> dict | None:
         """The previous pin of this exact object version when its bytes are still stored."""
