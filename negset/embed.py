@@ -502,7 +502,7 @@ def run(params: Params, layout: Layout) -> dict:
         log.info("embed: %s on %s (%s)", emb.name, emb.device, emb.runtime)
         pending: list[dict] = []
         paths = [layout.object_path(im["sha256"]) for im in todo]
-        for idx, feats, probs, failures in track(embed_files(emb, paths, cfg.batch_size, cfg.threads), None, "embed batches"):
+        for idx, feats, probs, failures in track(embed_files(emb, paths, cfg.batch_size, cfg.threads), -(-len(paths) // cfg.batch_size), "embed batches"):
             for i, reason in failures.items():
                 rejected.append(dict(uri=todo[i]["uri"], sha256=todo[i]["sha256"], step="embed", rule="undecodable", reason=reason))
             for j, i in enumerate(idx):

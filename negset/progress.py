@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -11,9 +12,44 @@ T = TypeVar("T")
 log = logging.getLogger("negset")
 
 
+_reporters: list[Callable[[str, int, int | None], None]] = []
+
+
+@contextlib.contextmanager
+def reporting(fn: Callable[[str, int, int | None], None]) -> Iterator[None]:
+    """Also send (what, done, total) of every ``track`` to ``fn`` (an orchestrator's progress view)."""
+    _reporters.append(fn)
+    try:
+        yield
+    finally:
+        _reporters.remove(fn)
+
+
+def _reported(items: Iterable[T], total: int | None, what: str, every_s: float = 2.0) -> Iterator[T]:
+    def send(done: int) -> None:
+        for fn in list(_reporters):
+            try:
+                fn(what, done, total)
+            except Exception as exc:  # progress must never break the work
+                log.debug("progress reporter failed: %s", exc)
+
+    send(0)
+    last = time.monotonic()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        if time.monotonic() - last >= every_s:
+            send(done)
+            last = time.monotonic()
+    send(done)
+
+
 def track(items: Iterable[T], total: int | None, what: str, every_s: float = 10.0,
           nbytes: Callable[[T], int] | None = None) -> Iterator[T]:
     """Yield ``items``; show count, rate and ETA while doing so (and MB, MB/s when ``nbytes`` sizes an item)."""
+    if _reporters:
+        items = _reported(items, total, what)
     if sys.stderr.isatty():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

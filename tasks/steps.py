@@ -8,8 +8,30 @@ from __future__ import annotations
 
 from prefect import task
 
+from negset import progress
 from negset.errors import NegsetError
 from negset.pipeline import run_step
+
+
+class _ProgressArtifact:
+    """Mirror the step's progress bars into a Prefect progress artifact (when the total is known)."""
+
+    def __init__(self, step: str):
+        self.step = step
+        self.artifact_id = None
+
+    def __call__(self, what: str, done: int, total: int | None) -> None:
+        if not total:
+            return
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        pct = 100.0 * min(done, total) / total
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(
+                pct, key=f"negset-{self.step}-progress", description=f"negset {self.step}: {what}"
+            )
+        else:
+            update_progress_artifact(self.artifact_id, pct, description=f"negset {self.step}: {what} {done}/{total}")
 
 
 def transient_only(task, task_run, state) -> bool:
@@ -27,7 +49,8 @@ def _make(name: str, retries: int):
         log_prints=True,
     )
     def step(params_path: str, root: str) -> dict:
-        return run_step(name, params_path, root)
+        with progress.reporting(_ProgressArtifact(name)):
+            return run_step(name, params_path, root)
 
     step.__doc__ = f"Run the negset '{name}' step."
     return step
