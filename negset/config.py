@@ -197,6 +197,8 @@ class Embed(_Section):
         "auto", description="auto: ONNX Runtime on CPU (same vectors within 1e-4, ~2x faster), torch on CUDA"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
+    dask_workers: int = Field(0, ge=0, description="embed on a local Dask cluster of this many worker processes; 0 = here")
+    dask_address: str | None = Field(None, description="embed on an existing Dask cluster (tcp://scheduler:8786)")
 
 
 class Lighting(_Section):

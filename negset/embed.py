@@ -471,55 +471,96 @@ class EmbeddingCache:
     def add(self, rows: list[dict]) -> None:
         if not rows:
             return
-        n = len(list(self.folder.glob("part-*.parquet"))) if self.folder.exists() else 0
-        atomic.write_parquet(_rows_table(rows, len(rows[0]["embedding"])), self.folder / f"part-{n:06d}.parquet")
+        # named by content, so workers on other processes or machines can add parts at once
+        name = hashlib.sha256("".join(r["sha256"] for r in rows).encode()).hexdigest()[:24]
+        atomic.write_parquet(_rows_table(rows, len(rows[0]["embedding"])), self.folder / f"part-{name}.parquet")
         for r in rows:
             self.rows[r["sha256"]] = r
 
 
-def run(params: Params, layout: Layout) -> dict:
-    cfg = params.embed
-    images = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "uri"]).to_pylist()
+def _embed_into(cache: EmbeddingCache, key: str, cfg: Embed, layout: Layout, todo: list[dict], emb=None) -> list[dict]:
+    """Embed ``todo`` (dicts with sha256 and uri) into ``cache``; return the rejected ones."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    emb = emb or load_embedder(cfg, layout.root)
+    if model_hash(emb) != key:
+        raise NegsetError(f"embed.model: {cfg.model}: the loaded model does not match its recorded identity")
+    choose_runtime(emb, cfg, layout.data / "cache" / "onnx")
+    log.info("embed: %s on %s (%s)", emb.name, emb.device, emb.runtime)
+    rejected: list[dict] = []
+    pending: list[dict] = []
+    paths = [layout.object_path(im["sha256"]) for im in todo]
+    batches = -(-len(paths) // cfg.batch_size)
+    for idx, feats, probs, failures in track(embed_files(emb, paths, cfg.batch_size, cfg.threads), batches, "embed batches"):
+        for i, reason in failures.items():
+            rejected.append(dict(uri=todo[i]["uri"], sha256=todo[i]["sha256"], step="embed", rule="undecodable", reason=reason))
+        for j, i in enumerate(idx):
+            order = np.argsort(-probs[j])[:5] if probs is not None else np.zeros(0, np.int64)
+            pending.append(
+                dict(
+                    sha256=todo[i]["sha256"],
+                    embedding=feats[j],
+                    top1=int(order[0]) if len(order) else None,
+                    top1_prob=float(probs[j][order[0]]) if len(order) else None,
+                    top5=order.astype(int).tolist(),
+                )
+            )
+        if len(pending) >= cfg.checkpoint_every:
+            cache.add(pending)
+            pending = []
+    cache.add(pending)
+    return rejected
+
+
+def _identity(cfg: Embed, layout: Layout):
     identity = quick_identity(cfg, layout.root)
     emb = None
     if identity is None:  # other models: their identity needs the model itself
         emb = load_embedder(cfg, layout.root)
         identity = emb.identity()
-    key = identity_hash(identity)
+    return identity, identity_hash(identity), emb
+
+
+def pending(params: Params, layout: Layout) -> list[str]:
+    """sha256 of the ingested images that have no cached vector yet (the work to share out)."""
+    _, key, _ = _identity(params.embed, layout)
+    cache = EmbeddingCache(layout, key)
+    shas = pq.read_table(layout.ingest / "images.parquet", columns=["sha256"]).column("sha256").to_pylist()
+    return [s for s in shas if s not in cache.rows]
+
+
+def embed_shard(params: Params, layout: Layout, shas: list[str]) -> list[dict]:
+    """Embed one shard of images into the shared cache (a distributed worker's unit of work)."""
+    identity, key, emb = _identity(params.embed, layout)
+    cache = EmbeddingCache(layout, key)
+    rows = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "uri"]).to_pylist()
+    uris = {r["sha256"]: r["uri"] for r in rows}
+    todo = [dict(sha256=s, uri=uris.get(s, s)) for s in shas if s not in cache.rows]
+    return _embed_into(cache, key, params.embed, layout, todo, emb) if todo else []
+
+
+def run(params: Params, layout: Layout, compute=None) -> dict:
+    """Embed every ingested image (cached ones are reused).
+
+    ``compute(shas) -> rejected rows`` may do the new work elsewhere (see
+    ``flows/distributed.py``) as long as it fills the same cache.
+    """
+    cfg = params.embed
+    images = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "uri"]).to_pylist()
+    identity, key, emb = _identity(cfg, layout)
     cache = EmbeddingCache(layout, key)
     todo = [im for im in images if im["sha256"] not in cache.rows]
     log.info("embed: %d images, %d cached, %d to embed", len(images), len(images) - len(todo), len(todo))
     rejected = []
+    n_new = len(todo)
+    if todo and compute is not None:  # e.g. shards on a Dask cluster, filling the same cache
+        rejected = compute([im["sha256"] for im in todo])
+        cache = EmbeddingCache(layout, key)
+        todo = [im for im in todo if im["sha256"] not in cache.rows and im["sha256"] not in {r["sha256"] for r in rejected}]
     if todo:  # the model is loaded only when there is work for it
-        import torch
-
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        emb = emb or load_embedder(cfg, layout.root)
-        if model_hash(emb) != key:
-            raise NegsetError(f"embed.model: {cfg.model}: the loaded model does not match its recorded identity")
-        choose_runtime(emb, cfg, layout.data / "cache" / "onnx")
-        log.info("embed: %s on %s (%s)", emb.name, emb.device, emb.runtime)
-        pending: list[dict] = []
-        paths = [layout.object_path(im["sha256"]) for im in todo]
-        for idx, feats, probs, failures in track(embed_files(emb, paths, cfg.batch_size, cfg.threads), -(-len(paths) // cfg.batch_size), "embed batches"):
-            for i, reason in failures.items():
-                rejected.append(dict(uri=todo[i]["uri"], sha256=todo[i]["sha256"], step="embed", rule="undecodable", reason=reason))
-            for j, i in enumerate(idx):
-                order = np.argsort(-probs[j])[:5] if probs is not None else np.zeros(0, np.int64)
-                pending.append(
-                    dict(
-                        sha256=todo[i]["sha256"],
-                        embedding=feats[j],
-                        top1=int(order[0]) if len(order) else None,
-                        top1_prob=float(probs[j][order[0]]) if len(order) else None,
-                        top5=order.astype(int).tolist(),
-                    )
-                )
-            if len(pending) >= cfg.checkpoint_every:
-                cache.add(pending)
-                pending = []
-        cache.add(pending)
+        rejected += _embed_into(cache, key, cfg, layout, todo, emb)
     rows = [cache.rows[im["sha256"]] for im in images if im["sha256"] in cache.rows]
     dim = len(rows[0]["embedding"]) if rows else 0
     info = dict(identity, model_hash=key, dim=dim, torch=_version("torch"), timm=_version("timm"))
@@ -529,7 +570,7 @@ def run(params: Params, layout: Layout) -> dict:
         layout.embed / "rejected.parquet",
     )
     atomic.write_json(layout.embed / "model.json", info)
-    embedded_now = len(todo) - len(rejected)
+    embedded_now = n_new - len(rejected)
     log.info(
         "embed: %d images embedded (%d new), %d rejected, %d dimensions, model %s (weights sha256 %s)",
         len(rows), embedded_now, len(rejected), dim, identity["model"], identity["weights_sha256"][:12],

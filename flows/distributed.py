@@ -1,0 +1,64 @@
+"""The embed step on a Dask cluster (prefect-dask's DaskTaskRunner), for pools that outgrow one machine.
+
+The images still to embed are split into shards; each shard is a Prefect task
+that a Dask worker runs, writing its vectors into the shared embedding cache
+(``data/cache/embed/<model hash>/``, parts named by content). The driver then
+assembles ``data/embed/`` exactly as the local path does, so the vectors are
+the same. Workers must see the project folder (a shared filesystem).
+
+Set ``embed.dask_workers: N`` for a local cluster of N processes, or
+``embed.dask_address: tcp://HOST:8786`` for an existing one; `negset embed`
+(and so `dvc repro`) then runs this flow.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from prefect import flow, task, unmapped
+from prefect_dask import DaskTaskRunner
+
+from negset import embed
+from negset.config import load_params
+from negset.layout import Layout
+
+
+@task(name="embed-shard", retries=1, retry_delay_seconds=5)
+def embed_shard(params_path: str, root: str, shas: list[str], threads: int) -> dict:
+    params = load_params(params_path)
+    params = params.model_copy(update={"embed": params.embed.model_copy(update={"threads": threads})})
+    rejected = embed.embed_shard(params, Layout.at(root), shas)
+    return dict(worker=f"{socket.gethostname()}:{os.getpid()}", images=len(shas), rejected=rejected)
+
+
+def _runner(workers: int, address: str | None) -> DaskTaskRunner:
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_kwargs=dict(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    )
+
+
+def embed_distributed(params_path: str, root: str) -> dict:
+    """Run the embed step with its new work shared out to Dask workers; return its summary."""
+    params = load_params(params_path)
+    workers = params.embed.dask_workers or 2
+    threads = max(1, (os.cpu_count() or 1) // workers) if not params.embed.dask_address else params.embed.threads
+
+    @flow(name="negset-embed-distributed", task_runner=_runner(workers, params.embed.dask_address), log_prints=True)
+    def run() -> dict:
+        used: set[str] = set()
+
+        def compute(shas: list[str]) -> list[dict]:
+            n = min(len(shas), workers * 4)
+            shards = [shas[i::n] for i in range(n)]
+            futures = embed_shard.map(unmapped(params_path), unmapped(root), shards, unmapped(threads))
+            results = [f.result() for f in futures]
+            used.update(r["worker"] for r in results)
+            return [row for r in results for row in r["rejected"]]
+
+        summary = embed.run(params, Layout.at(root), compute=compute)
+        return dict(summary, workers=sorted(used))
+
+    return run()
