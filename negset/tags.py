@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negset import atomic
+from negset import atomic, quality
 from negset.config import Lighting, Occlusion, Params
 from negset.embed import imagenet_names, read_embeddings
 from negset.imageio import load_rgb
@@ -147,7 +147,8 @@ def run(params: Params, layout: Layout) -> dict:
     names = cluster_names(labels, top5, imagenet_names())
 
     def stats_for(sha: str) -> dict:
-        return luminance_stats(load_rgb(layout.object_path(sha), reduce_to=256))
+        image = load_rgb(layout.object_path(sha), reduce_to=256)
+        return {**luminance_stats(image), **quality.pixel_scores(image)}
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         stats = list(pool.map(stats_for, [im["sha256"] for im in images]))
