@@ -20,6 +20,7 @@ examples:
   negset ingest                     run one step (what each dvc.yaml stage calls)
   negset --no-prefect select        run a step without Prefect
   negset --params other.yaml --json export
+  negset evaluate --target dog      chosen vs random negatives on a labelled pool
   dvc repro                         run the stages that changed, each through negset
 """
 
@@ -55,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser(step, help=STEP_HELP[step], description=STEP_HELP[step])
     sub.add_parser("build", help="run all steps in order, in one flow run")
     sub.add_parser("check", help="validate the parameters file")
+    ev = sub.add_parser(
+        "evaluate",
+        help="on a labelled pool: false-positive rate of a probe trained on the chosen vs random negatives",
+        description="Compare the chosen negatives with random ones of the same size on a labelled pool "
+        "(run ingest, embed and tag first). Writes data/evaluate/TARGET.json.",
+    )
+    ev.add_argument("--target", help="class to evaluate (default: the first ingest.target)")
+    ev.add_argument("--confusers", help="comma-separated classes easily confused with the target (default: a built-in list)")
+    ev.add_argument("--seeds", type=int, default=5, help="random splits to average over (default 5)")
+    ev.add_argument("--count", type=int, help="negatives per split (default: select.count / select.ratio)")
     return p
 
 
@@ -77,6 +88,17 @@ def _run(args) -> dict:
     params_path = str(Path(args.params).resolve())
     if args.command == "check":
         return params.model_dump(mode="json")
+    if args.command == "evaluate":
+        from negset.evaluate import evaluate, report
+        from negset.layout import Layout
+
+        if args.seeds < 1 or (args.count is not None and args.count < 1):
+            raise NegsetError("--seeds and --count must be at least 1")
+        confusers = [c.strip() for c in args.confusers.split(",") if c.strip()] if args.confusers else None
+        result = evaluate(params, Layout.at(root), args.target, confusers, args.seeds, args.count)
+        if not args.json:
+            print(report(result))
+        return result
     if args.no_prefect:
         if args.command == "build":
             return {step: run_step(step, params_path, root) for step in STEPS}

@@ -129,7 +129,10 @@ def similarity_to_positives(
     Pt = torch.from_numpy(np.ascontiguousarray(P, dtype=np.float32)).to(dtype)
     with torch.inference_mode():
         for start in range(0, n, chunk):
-            block = torch.from_numpy(np.ascontiguousarray(C[start : start + chunk], dtype=np.float32)).to(dtype)
+            block = np.asarray(C[start : start + chunk])
+            if block.dtype not in (np.float16, np.float32):
+                block = block.astype(np.float32)
+            block = torch.from_numpy(np.ascontiguousarray(block)).to(dtype)
             sims = block @ Pt.T
             vals, idx = torch.topk(sims, k, dim=1)
             vals = vals.float()
@@ -288,7 +291,17 @@ class Choice:
 
 def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     """Apply every rule to the pool and choose ``want`` negatives."""
+    import time
+
     import duckdb
+
+    clock = [time.perf_counter()]
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(now - clock[0], 3)
+        clock[0] = now
 
     n = len(pool.sha256)
     pos_rows = np.flatnonzero(pool.positive)
@@ -308,15 +321,18 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     # 2. exact duplicates of positives (ingest merges equal bytes; this guards other catalogs)
     pos_sha = set(pool.sha256[pos_rows].tolist())
     if pos_sha:
-        reject(cand & np.isin(pool.sha256, list(pos_sha)), "exact_duplicate", 1.0)
+        same = np.fromiter((s in pos_sha for s in pool.sha256), dtype=bool, count=n)
+        reject(cand & same, "exact_duplicate", 1.0)
 
+    lap("labels")
     # similarity to the positives
     P = np.asarray(pool.vectors[pos_rows], dtype=np.float32) if len(pos_rows) else np.zeros((0, 1), np.float32)
     topk = np.full(n, np.nan, np.float32)
     best = np.full(n, np.nan, np.float32)
     nearest = np.full(n, -1, np.int64)
     if len(pos_rows) and len(cand_rows):
-        C = pool.vectors if len(cand_rows) == n else None
+        lo, hi_ = int(cand_rows[0]), int(cand_rows[-1]) + 1
+        C = pool.vectors[lo:hi_] if hi_ - lo == len(cand_rows) else None  # contiguous: a view, no copy
         if C is None:
             # gather candidates chunk by chunk inside similarity_to_positives
             class _Rows:
@@ -339,6 +355,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
                 eb, ea = exact_nearest(pool.vectors, P, cand_rows[close])
                 b[close], a[close] = eb, ea
         topk[cand_rows], best[cand_rows], nearest[cand_rows] = t, b, pos_rows[a]
+    lap("similarity")
     # 3. near-duplicates of positives
     dist = 1.0 - best.astype(np.float64)
     reject(cand & (dist < cfg.leaks.near_duplicate), "near_duplicate", dist)
@@ -370,7 +387,9 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
         reject(eligible & (topk < low), "context:irrelevant", topk.astype(np.float64))
         eligible = cand & (status == "")
 
+    lap("rules")
     keys = seeded_keys(pool.sha256, cfg.seed)
+    lap("keys")
     # 7. near-duplicate groups inside the pool keep one image (the largest, then by seeded key)
     elig_rows = np.flatnonzero(eligible)
     full_dedup = 0 < len(elig_rows) <= cfg.leaks.pool_dedup_max
@@ -386,6 +405,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
         eligible = cand & (status == "")
         elig_rows = np.flatnonzero(eligible)
 
+    lap("pool_dedup")
     # 8. bands
     band = np.full(n, -1, np.int8)
     if len(elig_rows):
@@ -431,6 +451,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     quota = allocate(want, weights, capacity, cfg.min_per_stratum)
     mix = [cfg.bands.mix.get(b, 0.0) for b in BANDS]
 
+    lap("bands_quotas")
     # 10. diverse picks inside each stratum and band
     picked: list[int] = []
     meta: list[tuple] = []
@@ -486,6 +507,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
             )
         )
 
+    lap("picks")
     # cross-stratum near-duplicates among the picks (large pools only: small ones were grouped above)
     if not full_dedup and len(picked) > 1:
         order = np.asarray(picked, np.int64)
@@ -526,6 +548,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
         for st in strata_out:
             st["chosen"] = counts.get(st["stratum"], 0)
 
+    lap("dedup_fill")
     # reasons
     edges = {"hard": (hi, 1.0), "medium": (mid, hi), "context": (-1.0, mid)}
     reasons = []
@@ -547,6 +570,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
                 f"shortfall fill: the positives' strata had too few eligible candidates; closest context left "
                 f"(similarity {sim:.3f}, stratum '{name}'); seed {cfg.seed}"
             )
+    lap("reasons")
     status_reason = None
     return Choice(
         rows=np.asarray(picked, np.int64),
@@ -568,7 +592,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
         strata=strata_out,
         want=want,
         fill=fill,
-        info=dict(detail=detail, full_pool_dedup=bool(full_dedup)),
+        info=dict(detail=detail, full_pool_dedup=bool(full_dedup), timings=timings),
     )
 
 
