@@ -125,6 +125,12 @@ class Quarantine(_Section):
         "positives' own (leave-one-out) similarity is a suspected positive",
     )
     min_similarity: float = Field(0.0, ge=-1, le=1, description="and is at least this similar (mean top-k cosine)")
+    nearest_labelled: bool = Field(
+        True, description="also suspect an unlabelled candidate whose nearest labelled image is a positive"
+    )
+    reference_max: int = Field(
+        2000, ge=0, description="labelled negatives compared for nearest_labelled (a seeded sample beyond this)"
+    )
 
 
 class Bands(_Section):

@@ -9,11 +9,12 @@ image chosen carries the reason it was chosen. Rules, in order
 2. ``exact_duplicate``: a candidate with the bytes (sha256) of a positive;
 3. ``near_duplicate``: cosine distance to the nearest positive under
    ``leaks.near_duplicate`` (resized / recompressed copies of positives);
-4. ``quarantine``: suspected unlabelled positives: an unlabelled candidate as similar to the
-   positives (mean top-k cosine) as a typical positive is to the other
-   positives; they go to ``quarantine.csv`` for a person to review;
-5. ``quality:<check>``: overly simple images (dark, light, low information,
+4. ``quality:<check>``: overly simple images (dark, light, low information,
    near-uniform, blurry, odd aspect ratio, tiny; scores from negset.quality);
+5. ``quarantine``: suspected unlabelled positives: an unlabelled candidate as
+   similar to the positives (mean top-k cosine) as a typical positive is to
+   the other positives, or whose nearest labelled image is a positive; they
+   go to ``quarantine.csv`` for a person to review;
 6. ``context:background`` / ``context:irrelevant``: candidates in a
    background cluster no positive has, or in the lowest similarity percentile;
 7. ``pool_duplicate``: near-duplicate groups inside the pool keep one image;
@@ -25,6 +26,9 @@ image chosen carries the reason it was chosen. Rules, in order
    per stratum, shortfalls redistributed, then filled from the rest;
 10. diversity: inside each stratum and band, k-center greedy on the
     embeddings (first pick and ties by a seeded key): deterministic for a seed.
+    Cells larger than 20,000 are subsampled (seeded); cells over about 800
+    images run on a seeded 128-d random projection (distances kept within a few
+    per cent; the picks are still checked for near-duplicates on the full vectors).
 
 The core (:func:`choose`) works on arrays (vectors may be a float16 memmap),
 so a pool of a million candidates never becomes Python lists; the similarity
@@ -50,12 +54,15 @@ log = logging.getLogger("negset.select")
 BANDS = ("hard", "medium", "context")
 KCENTER_POOL_MAX = 20_000  # larger cells are subsampled (seeded) before k-center greedy
 EXACT_BELOW = 5e8  # candidates x positives under this: exact float32 similarities
+EXACT_PAIRS_BELOW = 1e7  # pool x pool / positives x positives products under this: float32
+KCENTER_PROJECT_ABOVE = 1e6  # cells with more values (rows x dims): k-center on a 128-d random projection
+KCENTER_DIMS = 128
 RECHECK_MARGIN = 0.02  # approximate (bfloat16) similarities this close to a leak threshold are recomputed
 
 # rule order = precedence when an image breaks several
-RULES = ("target_label", "exact_duplicate", "near_duplicate", "quarantine") + tuple(
+RULES = ("target_label", "exact_duplicate", "near_duplicate") + tuple(
     f"quality:{c}" for c in quality.CHECKS
-) + ("context:background", "context:irrelevant", "pool_duplicate")
+) + ("quarantine", "context:background", "context:irrelevant", "pool_duplicate")
 
 
 def allocate(
@@ -162,7 +169,7 @@ def leave_one_out_similarity(P: np.ndarray, k: int = 5, chunk: int = 4096) -> np
     if m < 2:
         return np.zeros(m, np.float32)
     k = max(1, min(k, m - 1))
-    exact = m * m <= EXACT_BELOW
+    exact = m * m <= EXACT_PAIRS_BELOW
     dtype = torch.float32 if exact else torch.bfloat16
     Pt = torch.from_numpy(np.ascontiguousarray(P, dtype=np.float32)).to(dtype)
     out = np.empty(m, np.float32)
@@ -198,7 +205,7 @@ def near_duplicate_groups(V: np.ndarray, order: np.ndarray, threshold: float, ch
     if n < 2:
         return keep_of
     X = torch.from_numpy(np.ascontiguousarray(V[order], dtype=np.float32))
-    exact = n * n <= EXACT_BELOW
+    exact = n * n <= EXACT_PAIRS_BELOW
     Xd = X if exact else X.to(torch.bfloat16)
     limit = 1.0 - threshold - (0 if exact else RECHECK_MARGIN)
     neighbours: dict[int, np.ndarray] = {}
@@ -239,13 +246,27 @@ def kcenter_greedy(X: np.ndarray, q: int, centers: np.ndarray | None = None, sto
             break
         picked.append(j)
         at.append(d)
-        dist = np.minimum(dist, 1.0 - X @ X[j])
+        # einsum: one thread, no BLAS call overhead (hundreds of small products run here)
+        dist = np.minimum(dist, 1.0 - np.einsum("ij,j->i", X, X[j]))
         dist[j] = -np.inf
     return np.asarray(picked, np.int64), np.asarray(at, np.float32)
 
 
 # --------------------------------------------------------------------------
 # the core: arrays in, arrays out
+
+
+class _Rows:
+    """Some rows of a (memmapped) matrix, read a slice at a time."""
+
+    def __init__(self, V, rows):
+        self.V, self.rows = V, rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, sl):
+        return self.V[self.rows[sl]]
 
 
 @dataclass
@@ -307,13 +328,13 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     pos_rows = np.flatnonzero(pool.positive)
     cand = ~pool.positive
     cand_rows = np.flatnonzero(cand)
-    status = np.full(n, "", dtype=object)
+    code = np.zeros(n, np.int16)  # 0 = not left out; else 1 + index into RULES
     score = np.full(n, np.nan, np.float64)
     detail: dict[int, str] = {}
 
     def reject(mask: np.ndarray, rule: str, s: np.ndarray | float) -> None:
-        m = mask & (status == "")
-        status[m] = rule
+        m = mask & (code == 0)
+        code[m] = RULES.index(rule) + 1
         score[m] = s[m] if isinstance(s, np.ndarray) else s
 
     # 1. labelled with the target
@@ -334,18 +355,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
         lo, hi_ = int(cand_rows[0]), int(cand_rows[-1]) + 1
         C = pool.vectors[lo:hi_] if hi_ - lo == len(cand_rows) else None  # contiguous: a view, no copy
         if C is None:
-            # gather candidates chunk by chunk inside similarity_to_positives
-            class _Rows:
-                def __init__(self, V, rows):
-                    self.V, self.rows = V, rows
-
-                def __len__(self):
-                    return len(self.rows)
-
-                def __getitem__(self, sl):
-                    return self.V[self.rows[sl]]
-
-            C = _Rows(pool.vectors, cand_rows)
+            C = _Rows(pool.vectors, cand_rows)  # gathered chunk by chunk
         t, b, a = similarity_to_positives(C, P, cfg.top_k)
         exact = len(cand_rows) * len(pos_rows) <= EXACT_BELOW
         near_limit = 1.0 - cfg.leaks.near_duplicate
@@ -360,15 +370,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     dist = 1.0 - best.astype(np.float64)
     reject(cand & (dist < cfg.leaks.near_duplicate), "near_duplicate", dist)
 
-    # 4. quarantine: as close to the positives as a typical positive is to the others
-    q_thr = float("inf")
-    if cfg.quarantine.enabled and len(pos_rows) >= 2:
-        loo = leave_one_out_similarity(P, cfg.top_k)
-        q_thr = max(float(np.percentile(loo, cfg.quarantine.positive_percentile)), cfg.quarantine.min_similarity)
-        unlabelled = ~pool.labelled if pool.labelled is not None else np.ones(n, bool)
-        reject(cand & unlabelled & (topk >= q_thr), "quarantine", topk.astype(np.float64))
-
-    # 5. overly simple images
+    # 4. overly simple images
     for check in quality.CHECKS:
         thr = getattr(cfg.quality, check)
         s = pool.scores.get(f"q_{check}")
@@ -377,15 +379,40 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
         s = np.asarray(s, np.float64)
         reject(cand & (s < thr), f"quality:{check}", s)
 
+    # 5. quarantine: as close to the positives as a typical positive is to the others
+    q_thr = float("inf")
+    if cfg.quarantine.enabled and len(pos_rows) >= 2:
+        loo = leave_one_out_similarity(P, cfg.top_k)
+        q_thr = max(float(np.percentile(loo, cfg.quarantine.positive_percentile)), cfg.quarantine.min_similarity)
+        unlabelled = ~pool.labelled if pool.labelled is not None else np.ones(n, bool)
+        reject(cand & unlabelled & (topk >= q_thr), "quarantine", topk.astype(np.float64))
+        if cfg.quarantine.nearest_labelled and pool.labelled is not None:
+            # counter-evidence from labelled negatives: suspected when a positive is nearer than any of them
+            u_rows = np.flatnonzero(cand & unlabelled & (code == 0))
+            ref = np.flatnonzero(cand & pool.labelled & ~pool.has_target)
+            if len(ref) > cfg.quarantine.reference_max:
+                ref = np.sort(np.random.default_rng(cfg.seed).choice(ref, cfg.quarantine.reference_max, replace=False))
+            if len(u_rows) and len(ref):
+                _, neg_best, _ = similarity_to_positives(
+                    _Rows(pool.vectors, u_rows), np.asarray(pool.vectors[ref], np.float32), 1
+                )
+                sus = u_rows[best[u_rows] > neg_best]
+                mask = np.zeros(n, bool)
+                mask[sus] = True
+                reject(mask, "quarantine", topk.astype(np.float64))
+                for r, nb in zip(u_rows, neg_best):
+                    if mask[r]:
+                        detail[int(r)] = f"nearest labelled image is a positive ({best[r]:.3f} vs {nb:.3f} for the nearest labelled negative)"
+
     # 6. context
     if cfg.context.require_positive_background and pool.background is not None and len(pos_rows):
         pos_bg = np.unique(pool.background[pos_rows])
         reject(cand & ~np.isin(pool.background, pos_bg), "context:background", topk.astype(np.float64))
-    eligible = cand & (status == "")
+    eligible = cand & (code == 0)
     if cfg.context.irrelevant_below_percentile > 0 and eligible.any() and len(pos_rows):
         low = float(np.percentile(topk[eligible], cfg.context.irrelevant_below_percentile))
         reject(eligible & (topk < low), "context:irrelevant", topk.astype(np.float64))
-        eligible = cand & (status == "")
+        eligible = cand & (code == 0)
 
     lap("rules")
     keys = seeded_keys(pool.sha256, cfg.seed)
@@ -399,10 +426,10 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
         keep_of = near_duplicate_groups(pool.vectors, pref, cfg.leaks.near_duplicate)
         dup = keep_of >= 0
         for r, k in zip(pref[dup], pref[keep_of[dup]]):
-            status[r] = "pool_duplicate"
+            code[r] = RULES.index("pool_duplicate") + 1
             score[r] = 1.0 - float(np.dot(np.asarray(pool.vectors[r], np.float32), np.asarray(pool.vectors[k], np.float32)))
             detail[int(r)] = str(pool.sha256[k])
-        eligible = cand & (status == "")
+        eligible = cand & (code == 0)
         elig_rows = np.flatnonzero(eligible)
 
     lap("pool_dedup")
@@ -458,6 +485,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     V = pool.vectors
     stop = cfg.leaks.near_duplicate if not full_dedup else 0.0
     rng = np.random.default_rng(cfg.seed)
+    stratum_code = pool.stratum
     strata_out = []
     for s, p, a, *band_counts in strata_rows:
         name = names[s]
@@ -472,21 +500,33 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
                 {b: int(c) - band_quota[b] for b, c in zip(BANDS, band_counts)},
             )
             band_quota = {b: band_quota[b] + extra[b] for b in BANDS}
-        in_stratum = eligible & (pool.stratum == s)
+        in_stratum = eligible & (stratum_code == s)
+        s_rows = np.flatnonzero(in_stratum)  # ascending: one sequential read of this stratum's vectors
+        s_band = band[s_rows]
         chosen_here: list[int] = []
         for bi, bname in enumerate(BANDS):
             bq = band_quota[bname]
             if bq <= 0:
                 continue
-            rows = np.flatnonzero(in_stratum & (band == bi))
+            rows = s_rows[s_band == bi]
             rows = rows[np.argsort(keys[rows], kind="stable")]
             avail = len(rows)
             if len(rows) > KCENTER_POOL_MAX:
                 rows = np.sort(rng.choice(rows, KCENTER_POOL_MAX, replace=False))
                 rows = rows[np.argsort(keys[rows], kind="stable")]
             if cfg.diversity == "kcenter":
-                centers = np.asarray(V[np.asarray(chosen_here, np.int64)], np.float32) if chosen_here else None
-                idx, at = kcenter_greedy(np.asarray(V[rows], np.float32), bq, centers, stop)
+                centers = np.asarray(V[np.sort(np.asarray(chosen_here, np.int64))], np.float32) if chosen_here else None
+                by_pos = np.argsort(rows, kind="stable")
+                X = np.empty((len(rows), V.shape[1]), np.float32)
+                X[by_pos] = V[rows[by_pos]]  # read in file order, keep the seeded order
+                if X.size > KCENTER_PROJECT_ABOVE:  # memory-bound: diversity on a seeded random projection
+                    R = np.random.default_rng(cfg.seed).standard_normal((X.shape[1], KCENTER_DIMS)).astype(np.float32)
+                    X = X @ R
+                    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+                    if centers is not None:
+                        centers = centers @ R
+                        centers /= np.maximum(np.linalg.norm(centers, axis=1, keepdims=True), 1e-12)
+                idx, at = kcenter_greedy(X, bq, centers, stop)
             else:
                 idx, at = np.arange(min(bq, len(rows))), np.full(min(bq, len(rows)), np.nan, np.float32)
             for rank, (j, d) in enumerate(zip(idx, at), 1):
@@ -513,7 +553,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
         order = np.asarray(picked, np.int64)
         keep_of = near_duplicate_groups(V, order, cfg.leaks.near_duplicate)
         for i in np.flatnonzero(keep_of >= 0):
-            status[order[i]] = "pool_duplicate"
+            code[order[i]] = RULES.index("pool_duplicate") + 1
             score[order[i]] = float("nan")
             detail[int(order[i])] = str(pool.sha256[order[keep_of[i]]])
         keep = keep_of < 0
@@ -526,7 +566,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     if missing > 0:
         taken = np.zeros(n, bool)
         taken[np.asarray(picked, np.int64)] = True
-        rest = np.flatnonzero(eligible & ~taken & (status == ""))
+        rest = np.flatnonzero(eligible & ~taken & (code == 0))
         rest = rest[np.lexsort((keys[rest], -topk[rest]))]
         chosen_vecs = np.asarray(V[np.asarray(picked, np.int64)], np.float32) if picked else np.zeros((0, P.shape[1] if len(P) else 1), np.float32)
         for r in rest:
@@ -572,6 +612,9 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
             )
     lap("reasons")
     status_reason = None
+    status = np.full(n, "", dtype=object)
+    left_out = code > 0
+    status[left_out] = np.asarray(RULES, dtype=object)[code[left_out] - 1]
     return Choice(
         rows=np.asarray(picked, np.int64),
         rule=[m[0] for m in meta],
@@ -607,6 +650,8 @@ def rejection_reason(rule: str, s: float, row: int, choice: Choice, pool: Pool, 
     if rule == "near_duplicate":
         return f"cosine distance {s:.4f} to positive {near_uri} is under {cfg.leaks.near_duplicate}"
     if rule == "quarantine":
+        if int(row) in choice.info["detail"]:
+            return f"suspected positive: {choice.info['detail'][int(row)]}; nearest positive {near_uri}"
         return (
             f"suspected positive: similarity {s:.3f} to the positives reaches {choice.quarantine_threshold:.3f} "
             f"(p{cfg.quarantine.positive_percentile:g} of the positives' own); nearest positive {near_uri}"
