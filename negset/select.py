@@ -297,7 +297,6 @@ class Choice:
     reason: list[str]
     status: np.ndarray  # per pool row: '' eligible/chosen/positive, else the rule that left it out
     status_score: np.ndarray  # the rule's score
-    status_reason: list | None
     pos_similarity: np.ndarray  # mean top-k similarity to the positives
     nearest_similarity: np.ndarray
     nearest_positive: np.ndarray  # pool row of the nearest positive
@@ -611,7 +610,6 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
                 f"(similarity {sim:.3f}, stratum '{name}'); seed {cfg.seed}"
             )
     lap("reasons")
-    status_reason = None
     status = np.full(n, "", dtype=object)
     left_out = code > 0
     status[left_out] = np.asarray(RULES, dtype=object)[code[left_out] - 1]
@@ -625,7 +623,6 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
         reason=reasons,
         status=status,
         status_score=score,
-        status_reason=status_reason,
         pos_similarity=topk,
         nearest_similarity=best,
         nearest_positive=nearest,
