@@ -110,6 +110,11 @@ class Leaks(_Section):
         description="cosine distance under which a candidate is a near-duplicate of a positive "
         "(or of another candidate: the group keeps one image)",
     )
+    hash_bits: int = Field(
+        5, ge=0, le=64,
+        description="a candidate whose difference hash is within this many bits of a positive's is a "
+        "near-duplicate too (catches strongly resized copies); 0 = off",
+    )
     pool_dedup_max: int = Field(
         20_000, ge=0,
         description="pools up to this many candidates get full near-duplicate groups; larger pools "

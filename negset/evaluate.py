@@ -179,6 +179,7 @@ def evaluate(
             area=base.area[idx] if base.area is not None else None,
             uri=base.uri[idx] if base.uri is not None else None,
             labelled=np.ones(len(idx), bool),
+            dhash=base.dhash[idx] if base.dhash is not None else None,
         )
         want = count or cfg.size_for(int(positive.sum()))
         scfg = cfg.model_copy(update={"seed": seed})

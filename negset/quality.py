@@ -16,6 +16,10 @@ from the reduced decode whose shorter side is at least 256 px):
 - ``near_uniform``: grey-level standard deviation / 64, capped at 1;
 - ``blurry``: 1 - exp(-var(Laplacian) / 150) on the grey image, 0-255 scale.
 
+``pixel_features`` adds ``dhash``, a 64-bit difference hash of the 9x8 grey
+thumbnail (as a signed int64), which survives resizing and recompression: the
+select step's leak check compares it with the positives' hashes.
+
 Geometry checks (from the ingest step's width and height):
 
 - ``odd_aspect_ratio``: shorter side / longer side;
@@ -75,3 +79,24 @@ def geometry_scores(width: np.ndarray, height: np.ndarray) -> dict[str, np.ndarr
         q_odd_aspect_ratio=np.where(long_ > 0, short / np.maximum(long_, 1), 0.0),
         q_tiny=np.clip(short / TINY_SIDE, 0, 1),
     )
+
+
+def dhash(image) -> int:
+    """64-bit difference hash: is each pixel of the 9x8 grey thumbnail brighter than its left neighbour."""
+    from PIL import Image
+
+    g = np.asarray(image.convert("L").resize((9, 8), Image.BILINEAR), dtype=np.int16)
+    bits = (g[:, 1:] > g[:, :-1]).reshape(-1)
+    value = int.from_bytes(np.packbits(bits).tobytes(), "big")
+    return value - (1 << 64) if value >= 1 << 63 else value  # signed, for Parquet int64
+
+
+def pixel_features(image) -> dict:
+    """What the tag step stores per image: the pixel checks and the difference hash."""
+    return {**pixel_scores(image), "dhash": dhash(image)}
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bits that differ between int64 hashes, all pairs (len(a), len(b))."""
+    x = np.asarray(a, np.int64).view(np.uint64)[:, None] ^ np.asarray(b, np.int64).view(np.uint64)[None, :]
+    return np.bitwise_count(x).astype(np.int16)

@@ -8,7 +8,8 @@ image chosen carries the reason it was chosen. Rules, in order
 1. ``target_label``: a candidate labelled with the target is never chosen;
 2. ``exact_duplicate``: a candidate with the bytes (sha256) of a positive;
 3. ``near_duplicate``: cosine distance to the nearest positive under
-   ``leaks.near_duplicate`` (resized / recompressed copies of positives);
+   ``leaks.near_duplicate``, or a difference hash within ``leaks.hash_bits``
+   of a positive's (resized / recompressed copies of positives);
 4. ``quality:<check>``: overly simple images (dark, light, low information,
    near-uniform, blurry, odd aspect ratio, tiny; scores from negset.quality);
 5. ``quarantine``: suspected unlabelled positives: an unlabelled candidate as
@@ -57,6 +58,7 @@ EXACT_BELOW = 5e8  # candidates x positives under this: exact float32 similariti
 EXACT_PAIRS_BELOW = 1e7  # pool x pool / positives x positives products under this: float32
 KCENTER_PROJECT_ABOVE = 1e6  # cells with more values (rows x dims): k-center on a 128-d random projection
 KCENTER_DIMS = 128
+HASH_PAIRS_MAX = 5e7  # candidates x positives compared bit by bit; beyond, identical hashes only
 RECHECK_MARGIN = 0.02  # approximate (bfloat16) similarities this close to a leak threshold are recomputed
 
 # rule order = precedence when an image breaks several
@@ -284,6 +286,7 @@ class Pool:
     area: np.ndarray | None = None  # pixels, prefers larger images inside a duplicate group
     uri: np.ndarray | None = None
     labelled: np.ndarray | None = None  # bool; labelled candidates are known negatives (never quarantined)
+    dhash: np.ndarray | None = None  # int64 difference hash (negset.quality.dhash)
 
 
 @dataclass
@@ -368,6 +371,28 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     # 3. near-duplicates of positives
     dist = 1.0 - best.astype(np.float64)
     reject(cand & (dist < cfg.leaks.near_duplicate), "near_duplicate", dist)
+    # ... and by perceptual hash (strongly resized / recompressed copies move further in the embedding)
+    if pool.dhash is not None and cfg.leaks.hash_bits > 0 and len(pos_rows):
+        live = np.flatnonzero(cand & (code == 0))
+        hp = pool.dhash[pos_rows]
+        if len(live) * len(pos_rows) <= HASH_PAIRS_MAX:
+            for start in range(0, len(live), 4096):
+                rows_ = live[start : start + 4096]
+                ham = quality.hamming(pool.dhash[rows_], hp)
+                j = ham.argmin(axis=1)
+                bits = ham[np.arange(len(rows_)), j]
+                hit = bits <= cfg.leaks.hash_bits
+                for r, pj, b in zip(rows_[hit], j[hit], bits[hit]):
+                    code[r] = RULES.index("near_duplicate") + 1
+                    score[r] = dist[r]
+                    nearest[r] = pos_rows[pj]
+                    detail[int(r)] = f"difference hash within {int(b)} bits of positive"
+        else:  # very large pools: identical hashes only
+            hit = live[np.isin(pool.dhash[live], hp)]
+            code[hit] = RULES.index("near_duplicate") + 1
+            score[hit] = dist[hit]
+            for r in hit:
+                detail[int(r)] = "identical difference hash to a positive"
 
     # 4. overly simple images
     for check in quality.CHECKS:
@@ -645,6 +670,8 @@ def rejection_reason(rule: str, s: float, row: int, choice: Choice, pool: Pool, 
     if rule == "exact_duplicate":
         return "same bytes (sha256) as a positive"
     if rule == "near_duplicate":
+        if int(row) in choice.info["detail"]:
+            return f"{choice.info['detail'][int(row)]} {near_uri} (cosine distance {s:.4f})"
         return f"cosine distance {s:.4f} to positive {near_uri} is under {cfg.leaks.near_duplicate}"
     if rule == "quarantine":
         if int(row) in choice.info["detail"]:
@@ -676,13 +703,14 @@ def load_pool(con, layout: Layout, axes: list[str]) -> Pool:
     catalog.load(con, layout, "images", "tags")
     tag_cols = {r[0] for r in con.execute("DESCRIBE tags").fetchall()}
     qcols = [f"q_{c}" for c in quality.PIXEL_CHECKS if f"q_{c}" in tag_cols]
+    hash_sql = ", t.dhash" if "dhash" in tag_cols else ""
     stratum_sql = " || ' | ' || ".join(f"t.{a}" for a in axes)
     t = con.sql(
         f"""
         SELECT i.sha256, i.uri, i.role = 'positive' AS positive, coalesce(i.has_target, false) AS has_target,
                coalesce(i.labelled, false) AS labelled,
                i.width, i.height, {stratum_sql} AS stratum, t.background_cluster
-               {''.join(', t.' + c for c in qcols)}
+               {''.join(', t.' + c for c in qcols)}{hash_sql}
         FROM images i JOIN tags t USING (sha256) ORDER BY i.sha256
         """
     ).to_arrow_table()
@@ -709,6 +737,7 @@ def load_pool(con, layout: Layout, axes: list[str]) -> Pool:
         area=width * height,
         uri=np.asarray(t.column("uri").to_pylist(), dtype=object),
         labelled=t.column("labelled").to_numpy(zero_copy_only=False).astype(bool),
+        dhash=t.column("dhash").to_numpy(zero_copy_only=False).astype(np.int64) if hash_sql else None,
     )
 
 

@@ -148,7 +148,7 @@ def run(params: Params, layout: Layout) -> dict:
 
     def stats_for(sha: str) -> dict:
         image = load_rgb(layout.object_path(sha), reduce_to=256)
-        return {**luminance_stats(image), **quality.pixel_scores(image)}
+        return {**luminance_stats(image), **quality.pixel_features(image)}
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         stats = list(pool.map(stats_for, [im["sha256"] for im in images]))

@@ -70,6 +70,13 @@ def test_quality_scores_flag_simple_images():
     g = quality.geometry_scores(np.array([640, 900, 40]), np.array([480, 200, 30]))
     assert g["q_odd_aspect_ratio"][0] > cfg.odd_aspect_ratio > g["q_odd_aspect_ratio"][1]
     assert g["q_tiny"][2] < cfg.tiny < g["q_tiny"][0]
+    # the difference hash survives a quarter-size JPEG copy, and tells different photos apart
+    small = Image.open(io.BytesIO(_jpeg(photo.resize((photo.size[0] // 4, photo.size[1] // 4)), 50)))
+    other = Image.open(sorted((SAMPLE / "images").glob("*.jpg"))[1]).convert("RGB")
+    h = np.array([quality.dhash(photo), quality.dhash(small), quality.dhash(other)], np.int64)
+    bits = quality.hamming(h[:1], h)[0]
+    assert bits[0] == 0
+    assert bits[1] <= Select(count=1).leaks.hash_bits < bits[2]
 
 
 # ---------------------------------------------------------------- the sample with planted copies
@@ -99,6 +106,9 @@ def planted(tmp_path_factory):
         name = f"copy_{i}_{names[image_id]}"
         (folder / name).write_bytes(data)
         copies.append(name)
+    # a strong copy: a quarter of the size, JPEG 50 (the embedding moves ~0.3; the difference hash does not)
+    im = Image.open(folder / names[pos_ids[4]]).convert("RGB")
+    (folder / "strong_copy.jpg").write_bytes(_jpeg(im.resize((im.size[0] // 4, im.size[1] // 4)), 50))
     Image.new("RGB", (320, 240), (4, 4, 4)).save(folder / "simple_dark.png")
     Image.new("RGB", (320, 240), (128, 128, 128)).save(folder / "simple_gray.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(folder / "simple_tiny.png")
@@ -125,6 +135,8 @@ def test_copies_of_positives_and_simple_images_are_never_chosen(planted):
     for c in copies:  # each copy is caught as a leak, with its distance as the score
         assert rejected[c]["rule"] == "near_duplicate", rejected[c]
         assert rejected[c]["score"] < 0.2 and "positive" in rejected[c]["reason"]
+    assert "strong_copy.jpg" not in names
+    assert rejected["strong_copy.jpg"]["rule"] == "near_duplicate", rejected["strong_copy.jpg"]
     assert rejected["simple_dark.png"]["rule"] == "quality:dark"
     assert rejected["simple_gray.png"]["rule"].startswith("quality:")
     assert rejected["simple_tiny.png"]["rule"] == "quality:tiny"
