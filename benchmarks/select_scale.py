@@ -76,6 +76,7 @@ def load_pool(folder: Path, n_pos: int):
         sha256=sha, vectors=V, positive=positive, has_target=has_target, stratum=stratum,
         stratum_names=names, background=background, scores=scores, area=None, uri=None,
         labelled=rng.random(n) < 0.5,
+        dhash=rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64),  # random: the identical-hash path runs
     )
 
 
