@@ -25,6 +25,7 @@ examples:
   negset export-coco --no-merge --out negatives.json
   negset export-yolo --out /data/yolo-negatives
                                     Ultralytics layout: images/, labels/ (empty .txt), negatives.txt
+  negset evaluate --target dog      chosen vs random negatives on a labelled pool
   dvc repro                         run the stages that changed, each through negset
 """
 
@@ -84,6 +85,16 @@ def _parser() -> argparse.ArgumentParser:
     yolo.add_argument("--out", help="output folder (default: data/exports/yolo); replaced whole on each export")
     sub.add_parser("build", help="run all steps in order, in one flow run")
     sub.add_parser("check", help="validate the parameters file")
+    ev = sub.add_parser(
+        "evaluate",
+        help="on a labelled pool: false-positive rate of a probe trained on the chosen vs random negatives",
+        description="Compare the chosen negatives with random ones of the same size on a labelled pool "
+        "(run ingest, embed and tag first). Writes data/evaluate/TARGET.json.",
+    )
+    ev.add_argument("--target", help="class to evaluate (default: the first ingest.target)")
+    ev.add_argument("--confusers", help="comma-separated classes easily confused with the target (default: a built-in list)")
+    ev.add_argument("--seeds", type=int, default=5, help="random splits to average over (default 5)")
+    ev.add_argument("--count", type=int, help="negatives per split (default: select.count / select.ratio)")
     return p
 
 
@@ -114,6 +125,17 @@ def _run(args) -> dict:
         if args.command == "export-coco":
             return exports.coco(params, layout, out=args.out, positives=args.positives, merge=not args.no_merge, image_root=args.image_root)
         return exports.yolo(params, layout, out=args.out)
+    if args.command == "evaluate":
+        from negset.evaluate import evaluate, report
+        from negset.layout import Layout
+
+        if args.seeds < 1 or (args.count is not None and args.count < 1):
+            raise NegsetError("--seeds and --count must be at least 1")
+        confusers = [c.strip() for c in args.confusers.split(",") if c.strip()] if args.confusers else None
+        result = evaluate(params, Layout.at(root), args.target, confusers, args.seeds, args.count)
+        if not args.json:
+            print(report(result))
+        return result
     if args.no_prefect:
         from negset.lock import project_lock
 

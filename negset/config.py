@@ -234,6 +234,83 @@ class Tag(_Section):
     occlusion: Occlusion = Occlusion()
 
 
+class Leaks(_Section):
+    near_duplicate: float = Field(
+        0.2, ge=0, le=2,
+        description="cosine distance under which a candidate is a near-duplicate of a positive "
+        "(or of another candidate: the group keeps one image)",
+    )
+    hash_bits: int = Field(
+        5, ge=0, le=64,
+        description="a candidate whose difference hash is within this many bits of a positive's is a "
+        "near-duplicate too (catches strongly resized copies); 0 = off",
+    )
+    pool_dedup_max: int = Field(
+        20_000, ge=0,
+        description="pools up to this many candidates get full near-duplicate groups; larger pools "
+        "check each pick against the picks before it",
+    )
+
+
+class Quarantine(_Section):
+    enabled: bool = True
+    positive_percentile: float = Field(
+        50.0, ge=0, le=100,
+        description="a candidate whose similarity to the positives reaches this percentile of the "
+        "positives' own (leave-one-out) similarity is a suspected positive",
+    )
+    min_similarity: float = Field(0.0, ge=-1, le=1, description="and is at least this similar (mean top-k cosine)")
+    nearest_labelled: bool = Field(
+        True, description="also suspect an unlabelled candidate whose nearest labelled image is a positive"
+    )
+    reference_max: int = Field(
+        2000, ge=0, description="labelled negatives compared for nearest_labelled (a seeded sample beyond this)"
+    )
+
+
+class Bands(_Section):
+    by: Literal["percentile", "similarity"] = Field(
+        "percentile", description="percentile: band edges are percentiles of the eligible candidates' "
+        "similarity; similarity: band edges are mean top-k cosine similarities"
+    )
+    hard: float = Field(70.0, description="at or above: hard")
+    medium: float = Field(35.0, description="at or above (and under hard): medium; under: context")
+    mix: dict[Literal["hard", "medium", "context"], float] = Field(
+        default_factory=lambda: {"hard": 0.5, "medium": 0.3, "context": 0.2},
+        description="share of each band in every stratum's quota",
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> "Bands":
+        if self.medium > self.hard:
+            raise ValueError("expected medium <= hard")
+        if any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
+            raise ValueError("mix shares must be >= 0 and not all 0")
+        return self
+
+
+class Context(_Section):
+    irrelevant_below_percentile: float = Field(
+        10.0, ge=0, le=100,
+        description="candidates under this percentile of similarity to the positives are irrelevant; 0 = keep all",
+    )
+    require_positive_background: bool = Field(
+        True, description="candidates in a background cluster no positive has are irrelevant"
+    )
+
+
+class Quality(_Section):
+    """Thresholds on the quality scores (negset.quality); under = rejected; null = off."""
+
+    dark: float | None = Field(0.22, ge=0, le=1)
+    light: float | None = Field(0.05, ge=0, le=1)
+    low_information: float | None = Field(0.3, ge=0, le=1)
+    near_uniform: float | None = Field(0.05, ge=0, le=1)
+    blurry: float | None = Field(0.1, ge=0, le=1)
+    odd_aspect_ratio: float | None = Field(0.4, ge=0, le=1)
+    tiny: float | None = Field(0.25, ge=0, le=1)
+
+
 class Select(_Section):
     count: int | None = Field(None, ge=1, description="number of negatives to choose")
     ratio: float | None = Field(None, gt=0, description="negatives per positive, used when count is not set")
@@ -242,6 +319,14 @@ class Select(_Section):
     strata: list[Literal["lighting", "background", "occlusion"]] = Field(
         default_factory=lambda: list(STRATA_AXES), min_length=1
     )
+    min_per_stratum: int = Field(0, ge=0, description="each stratum with positives gets at least this many (if it has them)")
+    top_k: int = Field(5, ge=1, description="similarity to the positives = mean of the top-k cosine similarities")
+    diversity: Literal["kcenter", "random"] = Field("kcenter", description="picks inside a stratum: k-center greedy or seeded random")
+    leaks: Leaks = Leaks()
+    quarantine: Quarantine = Quarantine()
+    bands: Bands = Bands()
+    context: Context = Context()
+    quality: Quality = Quality()
 
     @model_validator(mode="after")
     def _size(self) -> "Select":

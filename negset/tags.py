@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negset import atomic
+from negset import atomic, quality
 from negset.config import Background, Lighting, Occlusion, Params
 from negset.embed import imagenet_names, read_embeddings
 from negset.imageio import load_rgb
@@ -210,7 +210,8 @@ def run(params: Params, layout: Layout) -> dict:
     labels, centers, names, refit = background_clusters(vectors, top5, cfg.background, model_hash, layout.tags / "centroids.parquet")
 
     def stats_for(sha: str) -> dict:
-        return luminance_stats(load_rgb(layout.object_path(sha), reduce_to=256))
+        image = load_rgb(layout.object_path(sha), reduce_to=256)
+        return {**luminance_stats(image), **quality.pixel_features(image)}
 
     stats = cached_pixel_stats(layout, [im["sha256"] for im in images], stats_for)
 

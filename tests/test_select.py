@@ -79,8 +79,12 @@ def test_asking_for_more_than_the_pool(built):
     project, layout = built
     write_params(project, select={"count": 40})
     summary = select.run(load_params(project / "params.yaml"), layout)
-    assert summary["chosen"] == 17  # the whole pool of candidates without the target
+    # the whole eligible pool: the 17 candidates without the target, less the rules' rejections
+    assert summary["chosen"] == summary["eligible"] == 17 - summary["rejected"]
     assert summary["requested"] == 40
+    write_params(project, select={"count": 40, "context": {"irrelevant_below_percentile": 0}})
+    summary = select.run(load_params(project / "params.yaml"), layout)
+    assert summary["chosen"] == 17  # with the context rule off, every candidate without the target
 
 
 def test_export_writes_manifest_metrics_and_run_record(built):

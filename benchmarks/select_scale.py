@@ -1,0 +1,177 @@
+"""Selection at scale: 1,000,000 candidates, 10,000 positives, 1,280 dimensions.
+
+    PYTHONPATH=. python benchmarks/select_scale.py            # full size
+    PYTHONPATH=. python benchmarks/select_scale.py --candidates 100000 --positives 2000 --count 2000
+
+Synthetic unit vectors (clusters plus noise, stored as a float16 memmap in a
+temporary folder) stand in for embeddings; 72 strata, labels, quality scores
+and planted near-duplicates of positives (resized-copy-like: positive + small
+noise) make every rule of ``negset.select.choose`` work. Each part runs in
+its own process so its peak memory (ru_maxrss) is its own:
+
+1. generate the data (not timed);
+2. ``choose``: the real selection code path, timed, with its peak memory;
+3. the naive baseline measured in the same run: the previous numpy float32
+   top-k similarity (all vectors loaded as float32) on a slice of the pool,
+   extrapolated linearly to the full pool (running it whole takes minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def generate(folder: Path, n_cand: int, n_pos: int, dim: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    n = n_pos + n_cand
+    centres = rng.standard_normal((200, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    V = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(n, dim))
+    cluster = np.empty(n, np.int32)
+    # positives come from 40 of the clusters, candidates from all 200
+    for start in range(0, n, 65536):
+        m = min(65536, n - start)
+        rows = np.arange(start, start + m)
+        c = np.where(rows < n_pos, rng.integers(0, 40, m), rng.integers(0, 200, m))
+        x = centres[c] + 0.9 * rng.standard_normal((m, dim), dtype=np.float32) / np.sqrt(dim) * 1.2
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        V[start : start + m] = x.astype(np.float16)
+        cluster[start : start + m] = c
+    # planted leaks: 1,000 candidates are near-copies of positives
+    leaks = rng.choice(np.arange(n_pos, n), size=min(1000, n_cand), replace=False)
+    src = rng.integers(0, n_pos, len(leaks))
+    x = V[src].astype(np.float32) + 0.15 * rng.standard_normal((len(leaks), dim), dtype=np.float32) / np.sqrt(dim)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    V[leaks] = x.astype(np.float16)
+    V.flush()
+    np.save(folder / "cluster.npy", cluster)
+    np.save(folder / "leaks.npy", leaks)
+
+
+def load_pool(folder: Path, n_pos: int):
+    from negset.select import Pool
+
+    V = np.load(folder / "vectors.npy", mmap_mode="r")
+    n = len(V)
+    rng = np.random.default_rng(1)
+    cluster = np.load(folder / "cluster.npy")
+    positive = np.zeros(n, bool)
+    positive[:n_pos] = True
+    has_target = ~positive & (rng.random(n) < 0.01)
+    background = (cluster % 8).astype(np.int64)
+    stratum = (rng.integers(0, 3, n) * 24 + background * 3 + rng.integers(0, 3, n)).astype(np.int32)
+    names = [f"l{s // 24} | bg{(s // 3) % 8} | o{s % 3}" for s in range(72)]
+    scores = {f"q_{c}": np.clip(rng.normal(0.8, 0.12, n), 0, 1) for c in ("dark", "light", "low_information", "blurry")}
+    sha = np.asarray([f"{i:064x}" for i in rng.permutation(n).astype(np.uint64) * np.uint64(2654435761)], dtype=object)
+    return Pool(
+        sha256=sha, vectors=V, positive=positive, has_target=has_target, stratum=stratum,
+        stratum_names=names, background=background, scores=scores, area=None, uri=None,
+        labelled=rng.random(n) < 0.5,
+        dhash=rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64),  # random: the identical-hash path runs
+    )
+
+
+def run_choose(folder: Path, n_pos: int, count: int) -> dict:
+    from negset.config import Select
+    from negset.select import choose
+
+    pool = load_pool(folder, n_pos)
+    t0 = time.perf_counter()
+    choice = choose(pool, Select(count=count), count)
+    wall = time.perf_counter() - t0
+    leaks = np.load(folder / "leaks.npy")
+    chosen = set(choice.rows.tolist())
+    rules: dict[str, int] = {}
+    for s in choice.status[choice.status != ""]:
+        rules[s] = rules.get(s, 0) + 1
+    return dict(
+        wall_s=round(wall, 2),
+        peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        chosen=len(choice.rows),
+        planted_leaks=len(leaks),
+        planted_leaks_rejected=int(np.isin(leaks, np.flatnonzero(choice.status == "near_duplicate")).sum()),
+        planted_leaks_chosen=len(chosen & set(leaks.tolist())),
+        rejected_by_rule=rules,
+        chosen_by_band={b: choice.band.count(b) for b in set(choice.band)},
+        timings=choice.info["timings"],
+    )
+
+
+def run_naive(folder: Path, n_pos: int, rows: int, k: int = 5) -> dict:
+    V = np.load(folder / "vectors.npy", mmap_mode="r")
+    t0 = time.perf_counter()
+    P = np.asarray(V[:n_pos], np.float32)
+    C = np.asarray(V[n_pos : n_pos + rows], np.float32)  # the naive path holds every vector as float32
+    out = np.empty(len(C), np.float32)
+    for start in range(0, len(C), 4096):
+        sims = C[start : start + 4096] @ P.T
+        out[start : start + 4096] = -np.partition(-sims, k - 1, axis=1)[:, :k].mean(axis=1)
+    picks = np.random.default_rng(0).permutation(len(C))[:1000]
+    wall = time.perf_counter() - t0
+    return dict(rows=rows, wall_s=round(wall, 2), picks=len(picks),
+                peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+
+
+def child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--candidates", type=int, default=1_000_000)
+    p.add_argument("--positives", type=int, default=10_000)
+    p.add_argument("--dim", type=int, default=1280)
+    p.add_argument("--count", type=int, default=10_000)
+    p.add_argument("--naive-rows", type=int, default=20_000)
+    p.add_argument("--part", choices=["generate", "choose", "naive"], help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.part:
+        folder = Path(a.folder)
+        if a.part == "generate":
+            generate(folder, a.candidates, a.positives, a.dim)
+            out = {}
+        elif a.part == "choose":
+            out = run_choose(folder, a.positives, a.count)
+        else:
+            out = run_naive(folder, a.positives, min(a.naive_rows, a.candidates))
+        print(json.dumps(out))
+        return
+    common = ["--candidates", str(a.candidates), "--positives", str(a.positives), "--dim", str(a.dim),
+              "--count", str(a.count), "--naive-rows", str(a.naive_rows)]
+    with tempfile.TemporaryDirectory(prefix="negset-bench-") as tmp:
+        t0 = time.perf_counter()
+        child(common + ["--part", "generate", "--folder", tmp])
+        print(f"data: {a.candidates:,} candidates + {a.positives:,} positives x {a.dim} (float16 memmap), "
+              f"generated in {time.perf_counter() - t0:.0f} s")
+        res = child(common + ["--part", "choose", "--folder", tmp])
+        naive = child(common + ["--part", "naive", "--folder", tmp])
+    scale = a.candidates / naive["rows"]
+    print(f"negset choose : {res['wall_s']:.1f} s wall, peak RSS {res['peak_rss_gb']:.2f} GB, "
+          f"{res['chosen']:,} negatives chosen")
+    print(f"  planted near-copies of positives: {res['planted_leaks']}, rejected as near_duplicate "
+          f"{res['planted_leaks_rejected']}, chosen {res['planted_leaks_chosen']}")
+    print(f"  rejected by rule: {res['rejected_by_rule']}")
+    print(f"  chosen by band: {res['chosen_by_band']}")
+    print(f"  seconds by phase: {res['timings']}")
+    print(f"naive baseline: numpy float32 top-k similarity only, {naive['rows']:,} candidates in "
+          f"{naive['wall_s']:.1f} s (peak RSS {naive['peak_rss_gb']:.2f} GB) -> about "
+          f"{naive['wall_s'] * scale:.0f} s and {(a.candidates + a.positives) * a.dim * 4 / 2**30:.1f} GB of float32 "
+          f"vectors for {a.candidates:,}")
+    print(f"speed-up over the naive similarity alone: {naive['wall_s'] * scale / res['wall_s']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
