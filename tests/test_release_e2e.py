@@ -1,0 +1,219 @@
+"""Releases end to end: real git + dvc repositories, an S3 DVC remote on a moto
+server on 127.0.0.1, and a real Prefect server, work pool and process worker.
+
+The source of new images is ``ingest.sources`` in params.yaml (a local folder
+outside the repository here); switching it to a bucket is a params change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from negset import version
+from tests.conftest import BIN, COCO128, SAMPLE, copy_project, run, write_params
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "negset-remote"
+AWS_ENV = dict(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",
+)
+
+
+def source_images(n: int, skip: int = 0) -> list[Path]:
+    """COCO128 photos that are not in the sample (the sample's are the positives' folder)."""
+    taken = {p.name for p in (SAMPLE / "images").iterdir()}
+    pool = sorted(p for p in (COCO128 / "images").iterdir() if p.name not in taken)
+    return pool[skip: skip + n]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on loopback with the DVC remote's bucket; AWS credentials in the environment only."""
+    from moto.server import ThreadedMotoServer
+
+    import boto3
+
+    server = ThreadedMotoServer("127.0.0.1", 0)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    url = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=url).create_bucket(Bucket=BUCKET)
+    try:
+        yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+def make_repo(root: Path, source: Path, endpoint: str, prefix: str) -> Path:
+    """A git + dvc copy of the project: candidates from ``source``, all of them chosen, S3 remote."""
+    copy_project(root)
+    write_params(
+        root,
+        ingest={"sources": [{"type": "local", "path": str(source), "recursive": True}]},
+        select={"count": 1000},  # more than the pool: every candidate is a negative
+    )
+    run(["git", "init", "-q", "-b", "main"], root)
+    run(["git", "config", "user.email", "test@negset.invalid"], root)
+    run(["git", "config", "user.name", "negset tests"], root)
+    run([str(BIN / "dvc"), "init", "-q"], root)
+    run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
+    run([str(BIN / "dvc"), "remote", "add", "-d", "s3", f"s3://{BUCKET}/{prefix}"], root)
+    run([str(BIN / "dvc"), "remote", "modify", "s3", "endpointurl", endpoint], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "project"], root)
+    config = (root / ".dvc" / "config").read_text()
+    assert "testing" not in config and endpoint in config  # credentials never in tracked files
+    return root
+
+
+def tags(root: Path) -> list[str]:
+    return version.releases(root)
+
+
+def head(root: Path) -> str:
+    return run(["git", "rev-parse", "HEAD"], root).stdout.strip()
+
+
+def assert_clean(root: Path) -> None:
+    assert version.dirty_paths(root) == [], run(["git", "status", "--porcelain"], root).stdout
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_tag_reproduces(root: Path, tag: str, dest: Path) -> None:
+    """A clean clone at the tag plus `dvc pull` gives byte-identical negatives."""
+    run(["git", "clone", "-q", "--branch", tag, str(root), str(dest)], root.parent)
+    run([str(BIN / "dvc"), "pull", "-q", "data/negatives/manifest.parquet", "data/negatives/images"], dest)
+    ours = root / "data" / "negatives"
+    theirs = dest / "data" / "negatives"
+    assert (theirs / "manifest.parquet").read_bytes() == (ours / "manifest.parquet").read_bytes()
+    got, want = files_under(theirs / "images"), files_under(ours / "images")
+    assert got.keys() == want.keys() and got == want and len(got) > 0
+
+
+@pytest.fixture
+def no_prefect(monkeypatch):
+    """The library path: stages run without Prefect (the deployment test covers Prefect)."""
+    monkeypatch.setenv("NEGSET_NO_PREFECT", "1")
+
+
+def children_of(pid: int) -> list[tuple[int, str]]:
+    """Descendant processes of pid: (pid, command line)."""
+    parents: dict[int, int] = {}
+    cmds: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmds[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        for child, parent in parents.items():
+            if parent == p:
+                out.append((child, cmds.get(child, "")))
+                frontier.append(child)
+    return out
+
+
+def test_refresh_releases_only_changes_and_survives_a_kill(tmp_path, s3, no_prefect):
+    source = tmp_path / "source"
+    source.mkdir()
+    for p in source_images(6):
+        shutil.copy2(p, source / p.name)
+    root = make_repo(tmp_path / "repo", source, s3, "lib")
+    today = dt.date(2026, 1, 2)
+
+    # first refresh: a release, pushed to S3, reproducible from a clean clone
+    first = version.refresh(root, today=today)
+    assert first["tag"] == "negatives-20260102-1" and tags(root) == [first["tag"]]
+    assert first["change"]["previous"] is None and len(first["change"]["added"]) == first["change"]["negatives"]
+    assert_clean(root)
+    assert run(["git", "tag", "--points-at", "HEAD"], root).stdout.split() == [first["tag"]]
+    assert_tag_reproduces(root, first["tag"], tmp_path / "clone1")
+
+    # nothing new in the source: no commit, no tag, and the summary says so
+    before = head(root)
+    second = version.refresh(root, today=today)
+    assert second["tag"] is None and head(root) == before and tags(root) == [first["tag"]]
+    assert "Nothing changed" in second["summary"] and second["change"]["added"] == []
+    assert_clean(root)
+
+    # new images in the source: a new tag whose summary lists exactly them
+    new = source_images(3, skip=6)
+    for p in new:
+        shutil.copy2(p, source / p.name)
+    third = version.refresh(root, today=today)
+    assert third["tag"] == "negatives-20260102-2" and tags(root) == [first["tag"], third["tag"]]
+    added_uris = sorted(Path(r["uri"]).name for r in third["change"]["added"])
+    assert added_uris == sorted(p.name for p in new)
+    assert third["change"]["removed"] == []
+    for r in third["change"]["added"]:
+        assert r["sha256"][:12] in third["summary"]
+    notes = run(["git", "tag", "-l", "--format=%(contents)", third["tag"]], root).stdout
+    assert all(r["sha256"][:12] in notes for r in third["change"]["added"])
+    assert_clean(root)
+
+    # a refresh killed in the middle (its `negset embed` gets SIGKILL) leaves the last release intact
+    for p in source_images(2, skip=9):
+        shutil.copy2(p, source / p.name)
+    released_head, released_tags = head(root), tags(root)
+    released_manifest = (root / version.MANIFEST).read_bytes()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from negset.version import refresh; refresh(sys.argv[1])", str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    killed = None
+    try:
+        deadline = time.monotonic() + 180
+        while killed is None and proc.poll() is None and time.monotonic() < deadline:
+            for pid, cmd in children_of(proc.pid):
+                if "negset" in cmd and cmd.rstrip().endswith("embed"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed = pid
+                    break
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert killed is not None, "the refresh never reached the embed stage"
+    assert proc.returncode != 0 and "TransientError" in err
+    assert head(root) == released_head and tags(root) == released_tags
+    assert_clean(root)
+    assert (root / version.MANIFEST).read_bytes() == released_manifest  # the workspace is the release again
+    assert not (root / version.PENDING).exists()
+
+    # the next run goes through
+    fourth = version.refresh(root, today=today)
+    assert fourth["tag"] == "negatives-20260102-3" and len(fourth["change"]["added"]) == 2
+    assert_clean(root)
