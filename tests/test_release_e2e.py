@@ -153,13 +153,13 @@ def test_refresh_releases_only_changes_and_survives_a_kill(tmp_path, s3, no_pref
     root = make_repo(tmp_path / "repo", source, s3, "lib")
     today = dt.date(2026, 1, 2)
 
-    # first refresh: a release, pushed to S3, reproducible from a clean clone
+    # first refresh: a release, committed and tagged
     first = version.refresh(root, today=today)
     assert first["tag"] == "negatives-20260102-1" and tags(root) == [first["tag"]]
     assert first["change"]["previous"] is None and len(first["change"]["added"]) == first["change"]["negatives"]
     assert_clean(root)
     assert run(["git", "tag", "--points-at", "HEAD"], root).stdout.split() == [first["tag"]]
-    assert_tag_reproduces(root, first["tag"], tmp_path / "clone1")
+    # (a clean clone at a tag reproducing the set is checked after the deployment run below)
 
     # nothing new in the source: no commit, no tag, and the summary says so
     before = head(root)
@@ -217,3 +217,113 @@ def test_refresh_releases_only_changes_and_survives_a_kill(tmp_path, s3, no_pref
     fourth = version.refresh(root, today=today)
     assert fourth["tag"] == "negatives-20260102-3" and len(fourth["change"]["added"]) == 2
     assert_clean(root)
+
+
+# ------------------------------------------------------------- real Prefect server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group, then SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=15)
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """`prefect server start` on 127.0.0.1 with a temporary PREFECT_HOME; yields the clients' environment."""
+    port = free_port()
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        DO_NOT_TRACK="1",
+        DVC_NO_ANALYTICS="1",
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    env.pop("NEGSET_NO_PREFECT", None)
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--no-ui", "--host", "127.0.0.1", "--port", str(port)],
+        env={k: v for k, v in env.items() if k != "PREFECT_API_URL"}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "prefect server did not start in 120 s"
+            time.sleep(0.5)
+        yield env
+    finally:
+        stop(server)
+        log.close()
+
+
+def prefect(args: list[str], cwd: Path, env: dict, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "prefect"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"prefect {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def test_deployment_run_on_a_prefect_server_releases(tmp_path, s3, prefect_server):
+    source = tmp_path / "source"
+    source.mkdir()
+    for p in source_images(4, skip=20):
+        shutil.copy2(p, source / p.name)
+    root = make_repo(tmp_path / "repo", source, s3, "deployed")
+    env = dict(prefect_server)
+    prefect(["work-pool", "create", "local", "--type", "process"], root, env)
+    prefect(["--no-prompt", "deploy", "--all"], root, env)
+
+    # the worker: flow runs in subprocesses with the project's code, AWS credentials from the environment only
+    worker_env = dict(env, PYTHONPATH=str(root), PREFECT_WORKER_QUERY_SECONDS="2", **AWS_ENV)
+    wlog = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "local", "--type", "process"],
+        cwd=tmp_path, env=worker_env, stdout=wlog, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        first = prefect(["deployment", "run", "negset-refresh/nightly-refresh", "--watch"], root, env, timeout=400, check=False)
+        assert first.returncode == 0, first.stdout[-3000:] + (tmp_path / "worker.log").read_text()[-6000:]
+        assert "Completed" in first.stdout
+        made = tags(root)
+        assert len(made) == 1 and made[0].startswith("negatives-")
+        assert_clean(root)
+        artifact = prefect(["artifact", "inspect", "negset-refresh"], root, env).stdout
+        assert made[0] in artifact
+
+        # a second run with nothing new: completes, no tag
+        before = head(root)
+        second = prefect(["deployment", "run", "negset-refresh/nightly-refresh", "--watch"], root, env, timeout=400, check=False)
+        assert second.returncode == 0, second.stdout[-3000:] + (tmp_path / "worker.log").read_text()[-6000:]
+        assert tags(root) == made and head(root) == before
+        assert "Nothing changed" in prefect(["artifact", "inspect", "negset-refresh"], root, env).stdout
+        assert_clean(root)
+    finally:
+        stop(worker)
+        wlog.close()
+    assert_tag_reproduces(root, made[0], tmp_path / "clone")
