@@ -46,7 +46,8 @@ MANIFEST = "data/negatives/manifest.parquet"
 METRICS = "data/negatives/metrics.json"
 PENDING = "data/.release-pending"
 # dvc/negset output that means the user's input is wrong: a retry cannot help
-_USER_ERROR = re.compile(r"negset: error: (.*)")
+_USER_ERROR = re.compile(r"^negset: error: (.*)$", re.M)
+_HINT = re.compile(r"^\s+hint: (.*)$", re.M)
 
 
 class TransientError(RuntimeError):
@@ -64,6 +65,7 @@ class Change:
     added: list[dict] = field(default_factory=list)  # negatives new since the last release
     removed: list[dict] = field(default_factory=list)  # negatives gone since the last release
     negatives: int = 0
+    history_known: bool = True  # the last release's manifest could be read (cache or remote)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,8 +107,12 @@ def dvc(root: Path, *args: str, env: dict | None = None, timeout: float | None =
         text = proc.stderr + proc.stdout
         user = _USER_ERROR.search(text)
         if user:
-            hint = re.search(r"hint: (.*)", text)
+            hint = _HINT.search(text, user.end())
             raise NegsetError(user.group(1).strip(), hint=hint.group(1).strip() if hint else None)
+        invalid = re.search(r"'(\S*dvc\.yaml|\S*params\.yaml|\S*dvc\.lock)' is invalid", text)
+        if invalid:  # the project's files are wrong: a retry cannot help
+            raise NegsetError(f"{invalid.group(1)}: invalid ({text.strip()[-500:]})",
+                              hint="fix the file (`dvc repro` shows the line) and commit it")
         raise TransientError(f"`dvc {' '.join(args)}` failed ({proc.returncode}): {text.strip()[-2000:]}")
     return proc
 
@@ -162,8 +168,8 @@ def check_project(root: Path) -> None:
             f"{root}: uncommitted changes in {', '.join(dirty[:5])}{' ...' if len(dirty) > 5 else ''}",
             hint="a release pins committed code and parameters: commit or stash these first",
         )
-    remote = dvc(root, "remote", "default").stdout.strip()
-    if not remote:
+    proc = subprocess.run([_tool("dvc"), "remote", "default"], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
         raise NegsetError(f"{root}/.dvc/config: no default DVC remote",
                           hint="dvc remote add -d NAME s3://bucket/path (or a folder), then commit .dvc/config")
 
@@ -246,8 +252,9 @@ def _cache_file(root: Path, md5: str) -> Path:
     return root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
 
 
-def manifest_at(root: Path, rev: str | None) -> list[dict]:
-    """The negatives' manifest rows at a release (DVC cache, else the remote via dvc.api)."""
+def manifest_at(root: Path, rev: str | None) -> list[dict] | None:
+    """The negatives' manifest rows at a release (DVC cache, else the remote via dvc.api);
+    None when it cannot be read."""
     import io
 
     import pyarrow.parquet as pq
@@ -263,7 +270,11 @@ def manifest_at(root: Path, rev: str | None) -> list[dict]:
     else:
         import dvc.api
 
-        data = dvc.api.read(MANIFEST, repo=str(root), rev=rev, mode="rb")
+        try:
+            data = dvc.api.read(MANIFEST, repo=str(root), rev=rev, mode="rb")
+        except Exception as exc:  # gone from the cache and the remote: the diff is unknown
+            log.warning("%s at %s is in neither the DVC cache nor the remote: %s", MANIFEST, rev, exc)
+            return None
     return pq.read_table(io.BytesIO(data)).to_pylist()
 
 
@@ -282,7 +293,9 @@ def detect_change(root: Path) -> Change:
     now_outs = lock_outs(lock_now)
     new_rows = pq.read_table(root / MANIFEST).to_pylist() if (root / MANIFEST).exists() else []
     old_rows = manifest_at(root, previous)
-    old = {r["sha256"]: r for r in old_rows}
+    old = {r["sha256"]: r for r in old_rows or []}
+    if old_rows is None:  # unknown history: report no differences rather than wrong ones
+        old = {r["sha256"]: r for r in new_rows}
     new = {r["sha256"]: r for r in new_rows}
     set_keys = (MANIFEST, "data/negatives/images")
     return Change(
@@ -293,6 +306,7 @@ def detect_change(root: Path) -> Change:
         added=[_brief(new[s]) for s in sorted(new.keys() - old.keys(), key=lambda s: new[s]["uri"])],
         removed=[_brief(old[s]) for s in sorted(old.keys() - new.keys(), key=lambda s: old[s]["uri"])],
         negatives=len(new_rows),
+        history_known=old_rows is not None,
     )
 
 
@@ -345,6 +359,9 @@ def summary_markdown(root: Path, change: Change, tag: str | None) -> str:
         lines.append(f"New release **{tag}** (previous: {change.previous or 'none'}).")
         if not change.set_changed:
             lines.append("The inputs changed (dvc.lock) but the chosen negatives are the same.")
+    if not change.history_known:
+        lines.append(f"The manifest of {change.previous} is in neither the DVC cache nor the remote: "
+                     "images added and removed are unknown.")
     else:
         lines.append(f"Nothing changed since {change.previous or 'the last commit'}: no commit, no tag.")
     lines += ["", f"Negatives: {m.get('negatives', change.negatives)} for {m.get('positives', '?')} positives "
