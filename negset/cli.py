@@ -17,6 +17,7 @@ EPILOG = """\
 examples:
   negset check                      validate params.yaml and print the parsed values
   negset build                      run every step in one Prefect flow
+  negset refresh                    ingest new objects, dvc repro, release when the set changed
   negset ingest                     run one step (what each dvc.yaml stage calls)
   negset --no-prefect select        run a step without Prefect
   negset --params other.yaml --json export
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser(step, help=STEP_HELP[step], description=STEP_HELP[step])
     sub.add_parser("build", help="run all steps in order, in one flow run")
     sub.add_parser("check", help="validate the parameters file")
+    sub.add_parser("refresh", help="ingest new objects, dvc repro, and release (dvc push, commit, tag) when the set changed")
     return p
 
 
@@ -77,6 +79,14 @@ def _run(args) -> dict:
     params_path = str(Path(args.params).resolve())
     if args.command == "check":
         return params.model_dump(mode="json")
+    if args.command == "refresh":  # takes the project lock itself and hands it to `dvc repro`
+        if args.no_prefect:
+            from negset.version import refresh
+
+            return refresh(root)
+        from flows.refresh import refresh
+
+        return refresh(root=root)
     if args.no_prefect:
         from negset.lock import project_lock
 

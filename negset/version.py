@@ -157,7 +157,8 @@ def _tracked_at_head(root: Path, path: str) -> bool:
 
 def check_project(root: Path) -> None:
     """A release is made from a git + dvc repository with a clean work tree and a remote."""
-    if not (root / ".git").exists() or _head(root) is None:
+    inside = git(root, "rev-parse", "--is-inside-work-tree", check=False).stdout.strip() == "true"
+    if not inside or _head(root) is None:
         raise NegsetError(f"{root}: not a git repository with a commit",
                           hint="git init && dvc init && git add -A && git commit -m project")
     if not (root / ".dvc").is_dir():

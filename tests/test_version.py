@@ -122,3 +122,9 @@ def test_children_work_under_the_parents_lock_and_strangers_do_not(tmp_path):
         bad = {**env, "NEGSET_LOCK_TOKEN": "not-the-token"}
         stranger = subprocess.run([sys.executable, "-c", code, str(data)], env=bad, capture_output=True, text=True)
         assert stranger.returncode != 0 and "another negset run is working on this project" in stranger.stderr
+
+
+def test_refresh_outside_a_git_repository_is_a_clear_error(tmp_path):
+    (tmp_path / "params.yaml").write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    proc = subprocess.run([str(BIN / "negset"), "--no-prefect", "refresh"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not a git repository" in proc.stderr and "Traceback" not in proc.stderr
