@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -298,6 +299,12 @@ def test_deployment_run_on_a_prefect_server_releases(tmp_path, s3, prefect_serve
     env = dict(prefect_server)
     prefect(["work-pool", "create", "local", "--type", "process"], root, env)
     prefect(["--no-prompt", "deploy", "--all"], root, env)
+    nightly = json.loads(prefect(["deployment", "inspect", "negset-refresh/nightly-refresh", "-o", "json"], root, env).stdout)
+    assert (nightly.get("global_concurrency_limit") or {}).get("limit") == 1  # one refresh at a time
+    assert [s["schedule"].get("cron") for s in nightly["schedules"]] == ["0 3 * * *"]
+    assert nightly["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(root)}}]
+    build = json.loads(prefect(["deployment", "inspect", "negset-build/manual-build", "-o", "json"], root, env).stdout)
+    assert build["entrypoint"] == "flows/build.py:build" and build["work_pool_name"] == "local"
 
     # the worker: flow runs in subprocesses with the project's code, AWS credentials from the environment only
     worker_env = dict(env, PYTHONPATH=str(root), PREFECT_WORKER_QUERY_SECONDS="2", **AWS_ENV)
