@@ -68,12 +68,32 @@ def s3():
         server.stop()
 
 
-def make_repo(root: Path, source: Path, endpoint: str, prefix: str) -> Path:
+class FolderSource:
+    """Where new candidate images arrive: a folder outside the repository.
+
+    A bucket source only needs another ``spec`` (the ``ingest.sources`` entry
+    in params.yaml) and an ``add`` that uploads; the tests use nothing else.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def spec(self) -> dict:
+        return {"type": "local", "path": str(self.folder), "recursive": True}
+
+    def add(self, paths: list[Path]) -> None:
+        for p in paths:
+            shutil.copy2(p, self.folder / p.name)
+
+
+def make_repo(root: Path, source: FolderSource, endpoint: str, prefix: str) -> Path:
     """A git + dvc copy of the project: candidates from ``source``, all of them chosen, S3 remote."""
     copy_project(root)
     write_params(
         root,
-        ingest={"sources": [{"type": "local", "path": str(source), "recursive": True}]},
+        ingest={"sources": [source.spec]},
         select={"count": 1000},  # more than the pool: every candidate is a negative
     )
     run(["git", "init", "-q", "-b", "main"], root)
@@ -147,10 +167,8 @@ def children_of(pid: int) -> list[tuple[int, str]]:
 
 
 def test_refresh_releases_only_changes_and_survives_a_kill(tmp_path, s3, no_prefect):
-    source = tmp_path / "source"
-    source.mkdir()
-    for p in source_images(6):
-        shutil.copy2(p, source / p.name)
+    source = FolderSource(tmp_path / "source")
+    source.add(source_images(6))
     root = make_repo(tmp_path / "repo", source, s3, "lib")
     today = dt.date(2026, 1, 2)
 
@@ -171,8 +189,7 @@ def test_refresh_releases_only_changes_and_survives_a_kill(tmp_path, s3, no_pref
 
     # new images in the source: a new tag whose summary lists exactly them
     new = source_images(3, skip=6)
-    for p in new:
-        shutil.copy2(p, source / p.name)
+    source.add(new)
     third = version.refresh(root, today=today)
     assert third["tag"] == "negatives-20260102-2" and tags(root) == [first["tag"], third["tag"]]
     added_uris = sorted(Path(r["uri"]).name for r in third["change"]["added"])
@@ -185,8 +202,7 @@ def test_refresh_releases_only_changes_and_survives_a_kill(tmp_path, s3, no_pref
     assert_clean(root)
 
     # a refresh killed in the middle (its `negset embed` gets SIGKILL) leaves the last release intact
-    for p in source_images(2, skip=9):
-        shutil.copy2(p, source / p.name)
+    source.add(source_images(2, skip=9))
     released_head, released_tags = head(root), tags(root)
     released_manifest = (root / version.MANIFEST).read_bytes()
     proc = subprocess.Popen(
@@ -291,10 +307,8 @@ def prefect(args: list[str], cwd: Path, env: dict, timeout: int = 300, check: bo
 
 
 def test_deployment_run_on_a_prefect_server_releases(tmp_path, s3, prefect_server):
-    source = tmp_path / "source"
-    source.mkdir()
-    for p in source_images(4, skip=20):
-        shutil.copy2(p, source / p.name)
+    source = FolderSource(tmp_path / "source")
+    source.add(source_images(4, skip=20))
     root = make_repo(tmp_path / "repo", source, s3, "deployed")
     env = dict(prefect_server)
     prefect(["work-pool", "create", "local", "--type", "process"], root, env)
