@@ -306,6 +306,36 @@ def prefect(args: list[str], cwd: Path, env: dict, timeout: int = 300, check: bo
     return proc
 
 
+def latest_summary(root: Path, env: dict) -> str:
+    """The markdown of the newest version of the refresh's summary artifact."""
+    versions = json.loads(prefect(["artifact", "inspect", "negset-refresh", "-o", "json"], root, env).stdout)
+    return max(versions, key=lambda a: a["created"])["data"]
+
+
+def kill_flow_run_during_embed(root: Path, deadline: float) -> list[int]:
+    """SIGKILL the flow run process working on ``root``, its `dvc repro` and `negset embed`, once embed runs."""
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if "negset" in cmd and cmd.endswith(" embed") and cwd == str(root):
+                chain = [int(entry.name)]
+                for _ in range(2):  # negset embed <- dvc repro <- the flow run's process
+                    stat = (Path("/proc") / str(chain[-1]) / "stat").read_text()
+                    chain.append(int(stat.rsplit(")", 1)[1].split()[1]))
+                for pid in reversed(chain):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                return chain
+        time.sleep(0.05)
+    return []
+
+
 def test_deployment_run_on_a_prefect_server_releases(tmp_path, s3, prefect_server):
     source = FolderSource(tmp_path / "source")
     source.add(source_images(4, skip=20))
@@ -334,17 +364,33 @@ def test_deployment_run_on_a_prefect_server_releases(tmp_path, s3, prefect_serve
         made = tags(root)
         assert len(made) == 1 and made[0].startswith("negatives-")
         assert_clean(root)
-        artifact = prefect(["artifact", "inspect", "negset-refresh"], root, env).stdout
-        assert made[0] in artifact
+        assert made[0] in latest_summary(root, env)
 
         # a second run with nothing new: completes, no tag
         before = head(root)
         second = prefect(["deployment", "run", "negset-refresh/nightly-refresh", "--watch"], root, env, timeout=400, check=False)
         assert second.returncode == 0, second.stdout[-3000:] + (tmp_path / "worker.log").read_text()[-6000:]
         assert tags(root) == made and head(root) == before
-        assert "Nothing changed" in prefect(["artifact", "inspect", "negset-refresh"], root, env).stdout
+        assert "Nothing changed" in latest_summary(root, env)
+        assert_clean(root)
+
+        # new images, and the flow run's process (with its dvc and negset) killed in the middle
+        new = source_images(2, skip=24)
+        source.add(new)
+        prefect(["deployment", "run", "negset-refresh/nightly-refresh"], root, env)
+        victims = kill_flow_run_during_embed(root, deadline=time.monotonic() + 240)
+        assert victims, "the refresh never reached its embed stage:\n" + (tmp_path / "worker.log").read_text()[-6000:]
+        assert tags(root) == made and head(root) == before  # the last release is intact
+        assert set(version.dirty_paths(root)) <= {version.LOCK_FILE}  # at most dvc.lock, restored by the next run
+
+        # the next run repairs and releases, and its summary lists the new images
+        third = prefect(["deployment", "run", "negset-refresh/nightly-refresh", "--watch"], root, env, timeout=400, check=False)
+        assert third.returncode == 0, third.stdout[-3000:] + (tmp_path / "worker.log").read_text()[-6000:]
+        assert len(tags(root)) == 2 and tags(root)[0] == made[0]
+        summary = latest_summary(root, env)
+        assert tags(root)[1] in summary and all(p.name in summary for p in new)
         assert_clean(root)
     finally:
         stop(worker)
         wlog.close()
-    assert_tag_reproduces(root, made[0], tmp_path / "clone")
+    assert_tag_reproduces(root, tags(root)[-1], tmp_path / "clone")  # the workspace holds the newest release
