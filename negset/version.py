@@ -29,6 +29,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -413,9 +414,11 @@ def refresh(root: Path | str, force_ingest: bool = True, today: _dt.date | None 
                     try:
                         push(root, env=env)
                         break
-                    except TransientError:
+                    except TransientError as exc:
                         if attempt == push_retries:
                             raise
+                        log.warning("dvc push failed (attempt %d), retrying: %s", attempt + 1, exc)
+                        time.sleep(5 * 4**attempt)  # 5 s, 20 s, ... as the Prefect task
                 tag = commit_and_tag(root, change, today=today, env=env)
             else:
                 finish_unchanged(root)
