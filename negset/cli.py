@@ -17,6 +17,7 @@ EPILOG = """\
 examples:
   negset check                      validate params.yaml and print the parsed values
   negset build                      run every step in one Prefect flow
+  negset refresh                    ingest new objects, dvc repro, release when the set changed
   negset ingest                     run one step (what each dvc.yaml stage calls)
   negset --no-prefect select        run a step without Prefect
   negset --params other.yaml --json export
@@ -95,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--confusers", help="comma-separated classes easily confused with the target (default: a built-in list)")
     ev.add_argument("--seeds", type=int, default=5, help="random splits to average over (default 5)")
     ev.add_argument("--count", type=int, help="negatives per split (default: select.count / select.ratio)")
+    sub.add_parser("refresh", help="ingest new objects, dvc repro, and release (dvc push, commit, tag) when the set changed")
     return p
 
 
@@ -136,6 +138,14 @@ def _run(args) -> dict:
         if not args.json:
             print(report(result))
         return result
+    if args.command == "refresh":  # takes the project lock itself and hands it to `dvc repro`
+        if args.no_prefect:
+            from negset.version import refresh
+
+            return refresh(root)
+        from flows.refresh import refresh
+
+        return refresh(root=root)
     if args.no_prefect:
         from negset.lock import project_lock
 
