@@ -170,6 +170,8 @@ def _quiet_orchestration() -> None:
     """No telemetry from Prefect or DVC: negset runs where only the package registries are reachable."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # the temporary local API can take longer than Prefect's 20 s default to start on a busy machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ def _isolated_env(tmp_path_factory):
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         DVC_NO_ANALYTICS="1",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     os.environ.pop("PREFECT_API_URL", None)

@@ -88,13 +88,37 @@ class FolderSource:
             shutil.copy2(p, self.folder / p.name)
 
 
-def make_repo(root: Path, source: FolderSource, endpoint: str, prefix: str) -> Path:
+class BucketSource:
+    """New candidate images arrive in a bucket on the same moto server as the DVC remote."""
+
+    def __init__(self, endpoint: str, bucket: str = "negset-candidates"):
+        import boto3
+
+        self.endpoint, self.bucket = endpoint, bucket
+        self.client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        self.client.create_bucket(Bucket=bucket)
+
+    @property
+    def spec(self) -> dict:
+        return {"type": "s3", "bucket": self.bucket, "prefixes": ["raw/"], "endpoint_url": self.endpoint,
+                "region": "us-east-1", "addressing_style": "path"}
+
+    def add(self, paths: list[Path]) -> None:
+        for p in paths:
+            self.client.put_object(Bucket=self.bucket, Key=f"raw/{p.name}", Body=p.read_bytes())
+
+
+def make_repo(root: Path, source: FolderSource | BucketSource, endpoint: str, prefix: str) -> Path:
     """A git + dvc copy of the project: candidates from ``source``, all of them chosen, S3 remote."""
     copy_project(root)
     write_params(
         root,
         ingest={"sources": [source.spec]},
-        select={"count": 1000},  # more than the pool: every candidate is a negative
+        # more than the pool, and no rule that leaves images out: every candidate is a negative
+        select={"count": 1000, "quarantine": {"enabled": False},
+                "context": {"irrelevant_below_percentile": 0, "require_positive_background": False},
+                "quality": {k: None for k in ("dark", "light", "low_information", "near_uniform", "blurry",
+                                              "odd_aspect_ratio", "tiny")}},
     )
     run(["git", "init", "-q", "-b", "main"], root)
     run(["git", "config", "user.email", "test@negset.invalid"], root)
@@ -337,7 +361,7 @@ def kill_flow_run_during_embed(root: Path, deadline: float) -> list[int]:
 
 
 def test_deployment_run_on_a_prefect_server_releases(tmp_path, s3, prefect_server):
-    source = FolderSource(tmp_path / "source")
+    source = BucketSource(s3)  # the run ingests from a bucket on the moto server
     source.add(source_images(4, skip=20))
     root = make_repo(tmp_path / "repo", source, s3, "deployed")
     env = dict(prefect_server)
