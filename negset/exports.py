@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from negset import atomic
 from negset.config import Params
 from negset.errors import NegsetError
+from negset.labels import read_coco_json
 from negset.export import image_name
 from negset.layout import Layout
 
@@ -66,15 +67,7 @@ def _candidates(layout: Layout, row: dict) -> list[Path]:
 
 
 def _read_coco(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NegsetError(f"{path}: COCO file not found", hint="check --positives or ingest.positives.path") from None
-    except json.JSONDecodeError as exc:
-        raise NegsetError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
-        raise NegsetError(f"{path}: not a COCO instances file (needs 'images' and 'categories' lists)")
-    return data
+    return read_coco_json(path, hint="check --positives or ingest.positives.path")
 
 
 def coco(

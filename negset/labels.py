@@ -52,16 +52,21 @@ def _clip(v: float) -> float:
     return min(1.0, max(0.0, float(v)))
 
 
-def load_coco(path: Path, images: Path) -> LabelSet:
+def read_coco_json(path: Path, hint: str = "check ingest.positives.path") -> dict:
+    """A COCO instances file as a dict, or a clear error naming the file."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise NegsetError(f"{path}: COCO annotation file not found", hint="check ingest.positives.path") from None
+        raise NegsetError(f"{path}: COCO annotation file not found", hint=hint) from None
     except json.JSONDecodeError as exc:
         raise NegsetError(f"{path}: not valid JSON: {exc}") from None
-    for key in ("images", "categories"):
-        if key not in data:
-            raise NegsetError(f"{path}: not a COCO instances file: no '{key}' list")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
+        raise NegsetError(f"{path}: not a COCO instances file (needs 'images' and 'categories' lists)")
+    return data
+
+
+def load_coco(path: Path, images: Path) -> LabelSet:
+    data = read_coco_json(path)
     cats = {c["id"]: c["name"] for c in data["categories"]}
     by_id = {}
     out = LabelSet(classes=[c["name"] for c in data["categories"]], source=str(path))
