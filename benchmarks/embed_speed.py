@@ -14,7 +14,6 @@ import itertools
 import time
 from pathlib import Path
 
-import numpy as np
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "coco-sample" / "images"
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# the S3 fixtures (moto server on loopback, fault proxy, dummy credentials) for every test module
+pytest_plugins = ["tests.s3server"]
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "coco-sample"
 COCO128 = REPO.parent / "shared" / "datasets" / "coco128-train"

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 
-import numpy as np
 import pytest
 
 from negset import embed

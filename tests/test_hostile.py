@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from negset import atomic, embed, tags
-from negset.config import Embed, load_params
+from negset import atomic, embed
+from negset.config import Embed
 from negset.imageio import probe
 from negset.layout import Layout
 from negset.pipeline import STEPS, run_step
@@ -62,7 +62,7 @@ def test_exif_rotated_photo_is_embedded_and_tagged_upright(tmp_path):
     emb = embed.load_embedder(Embed())
     feats, _ = emb(np.stack([emb.load(path), emb.load(PHOTO)]))
     assert float(feats[0] @ feats[1]) > 0.97
-    sideways = upright.rotate(90, expand=True).save(tmp_path / "sideways.jpg")
+    upright.rotate(90, expand=True).save(tmp_path / "sideways.jpg")
     feats2, _ = emb(np.stack([emb.load(tmp_path / "sideways.jpg"), emb.load(PHOTO)]))
     assert float(feats2[0] @ feats2[1]) < float(feats[0] @ feats[1])  # without EXIF it would differ
 

@@ -12,7 +12,7 @@ import uuid
 import pyarrow.parquet as pq
 
 from tests.conftest import BIN, write_params
-from tests.s3server import aws_env, jpeg, moto_server, proxy, put_many, s3_client  # noqa: F401 - fixtures
+from tests.s3server import jpeg, put_many, s3_client
 
 
 def test_killed_ingest_resumes_without_downloading_again(project, aws_env, moto_server, proxy):

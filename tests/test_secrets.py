@@ -9,7 +9,7 @@ import uuid
 import yaml
 
 from tests.conftest import BIN, write_params
-from tests.s3server import aws_env, default_faults, jpeg, moto_server, proxy, put_many, s3_client  # noqa: F401 - fixtures
+from tests.s3server import default_faults, jpeg, put_many, s3_client
 
 KEY_ID = "AKIANEGSETLEAKCHECK7"
 SECRET = "negset/leak-check+secret-" + "x" * 16

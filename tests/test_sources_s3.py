@@ -17,16 +17,7 @@ from negset.errors import NegsetError
 from negset.export import image_name
 from negset.layout import Layout
 from tests.conftest import write_params
-from tests.s3server import (  # noqa: F401 - fixtures
-    aws_env,
-    default_faults,
-    jpeg,
-    md5,
-    moto_server,
-    proxy,
-    put_many,
-    s3_client,
-)
+from tests.s3server import default_faults, jpeg, md5, put_many, s3_client
 
 
 def new_bucket(client, versioned: bool = False) -> str:
