@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--target", help="class to evaluate (default: the first ingest.target)")
     ev.add_argument("--confusers", help="comma-separated classes easily confused with the target (default: a built-in list)")
-    ev.add_argument("--seeds", type=int, default=5, help="random splits to average over (default 5)")
+    ev.add_argument("--seeds", type=int, default=50, help="random splits to average over (default 50)")
     ev.add_argument("--count", type=int, help="negatives per split (default: select.count / select.ratio)")
     sub.add_parser("refresh", help="ingest new objects, dvc repro, and release (dvc push, commit, tag) when the set changed")
     return p

@@ -199,6 +199,11 @@ class Embed(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
     dask_workers: int = Field(0, ge=0, description="embed on a local Dask cluster of this many worker processes; 0 = here")
     dask_address: str | None = Field(None, description="embed on an existing Dask cluster (tcp://scheduler:8786)")
+    regions: int = Field(
+        0, ge=0, le=6,
+        description="also embed a G x G grid of crops of every image and the positives' target objects "
+        "(negset/regions.py: object-level hardness for select); 0 = off",
+    )
 
 
 class Lighting(_Section):
@@ -321,6 +326,12 @@ class Select(_Section):
     )
     min_per_stratum: int = Field(0, ge=0, description="each stratum with positives gets at least this many (if it has them)")
     top_k: int = Field(5, ge=1, description="similarity to the positives = mean of the top-k cosine similarities")
+    hardness: Literal["auto", "image", "regions"] = Field(
+        "auto",
+        description="what makes a negative hard (the bands): image = whole-image similarity to the positives; "
+        "regions = the best match between a crop of the candidate and a target object of the positives "
+        "(needs embed.regions > 0); auto = regions when embedded, else image",
+    )
     diversity: Literal["kcenter", "random"] = Field("kcenter", description="picks inside a stratum: k-center greedy or seeded random")
     leaks: Leaks = Leaks()
     quarantine: Quarantine = Quarantine()

@@ -569,6 +569,9 @@ def run(params: Params, layout: Layout, compute=None) -> dict:
         pa.Table.from_pylist(rejected, schema=pa.schema([(k, pa.string()) for k in ("uri", "sha256", "step", "rule", "reason")])),
         layout.embed / "rejected.parquet",
     )
+    from negset import regions
+
+    info["regions"] = regions.run(params, layout, key)
     atomic.write_json(layout.embed / "model.json", info)
     embedded_now = n_new - len(rejected)
     log.info(

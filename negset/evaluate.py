@@ -31,7 +31,7 @@ from negset import atomic, catalog, quality
 from negset.config import Params
 from negset.errors import NegsetError
 from negset.layout import Layout
-from negset.select import Pool, choose, seeded_keys
+from negset.select import choose, seeded_keys
 
 log = logging.getLogger("negset.evaluate")
 
@@ -140,6 +140,12 @@ def evaluate(
         log.info("evaluate: %d unlabelled images left out (they may hold the target)", int((~labelled).sum()))
     classes = [set(r[2] or ()) for r in rows]
     known = set().union(*classes)
+    if base.region_vectors is not None and target in known:  # objects of this target (it may differ from ingest's)
+        from negset.regions import objects_for
+
+        row_of = {s: i for i, s in enumerate(base.sha256)}
+        obj_shas, base.object_vectors = objects_for(params, layout, [target])
+        base.object_owner = np.asarray([row_of.get(s, -1) for s in obj_shas], np.int64)
     if target not in known:
         raise NegsetError(f"--target: no image is labelled '{target}'", hint=f"known classes: {', '.join(sorted(known))}")
     confusers = confusers if confusers is not None else CONFUSERS.get(target)
@@ -167,23 +173,12 @@ def evaluate(
         keep &= labelled
         idx = np.flatnonzero(keep)
         positive = np.isin(idx, train_pos)
-        pool = Pool(
-            sha256=base.sha256[idx],
-            vectors=base.vectors[idx],
-            positive=positive,
-            has_target=tgt[idx],
-            stratum=base.stratum[idx],
-            stratum_names=base.stratum_names,
-            background=base.background[idx] if base.background is not None else None,
-            scores={k: v[idx] for k, v in base.scores.items()},
-            area=base.area[idx] if base.area is not None else None,
-            uri=base.uri[idx] if base.uri is not None else None,
-            labelled=np.ones(len(idx), bool),
-            dhash=base.dhash[idx] if base.dhash is not None else None,
-        )
+        pool = base.subset(idx, positive)
+        pool.labelled = np.ones(len(idx), bool)
         want = count or cfg.size_for(int(positive.sum()))
         scfg = cfg.model_copy(update={"seed": seed})
         choice = choose(pool, scfg, want)
+        hardness_by = choice.hardness_by
         chosen = choice.rows
         cand = np.flatnonzero(~positive & ~tgt[idx])
         order = cand[np.argsort(seeded_keys(pool.sha256[cand], 10_000 + seed), kind="stable")]
@@ -204,6 +199,7 @@ def evaluate(
     keys = [k for k in per_seed[0] if k != "seed"]
     mean = {k: float(np.nanmean([s[k] for s in per_seed])) for k in keys}
     ratio = mean["chosen_fpr"] / mean["random_fpr"] if mean["random_fpr"] > 0 else float("nan")
+    paired = paired_difference([s["chosen_fpr"] - s["random_fpr"] for s in per_seed])
     result = dict(
         target=target,
         confusers=confusers or "all non-target images",
@@ -211,11 +207,31 @@ def evaluate(
         recall=recall,
         mean=mean,
         fpr_ratio=ratio,
+        paired=paired,
+        hardness=hardness_by,
         per_seed=per_seed,
     )
     safe = "".join(ch if ch.isalnum() else "_" for ch in target)
     atomic.write_json(layout.data / "evaluate" / f"{safe}.json", result)
     return result
+
+
+def paired_difference(diffs: list[float], draws: int = 2000) -> dict:
+    """Mean of the per-seed differences (chosen - random) with a seeded bootstrap 95% interval, and the tally.
+
+    Both sets share each seed's split, so the difference is far less noisy than either rate.
+    """
+    d = np.asarray([x for x in diffs if np.isfinite(x)], np.float64)
+    if not len(d):
+        return dict(mean=float("nan"), ci95=[float("nan"), float("nan")], better=0, same=0, worse=0)
+    boot = np.random.default_rng(0).choice(d, size=(draws, len(d)), replace=True).mean(axis=1)
+    return dict(
+        mean=float(d.mean()),
+        ci95=[float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        better=int((d < 0).sum()),
+        same=int((d == 0).sum()),
+        worse=int((d > 0).sum()),
+    )
 
 
 def report(result: dict) -> str:
@@ -227,6 +243,15 @@ def report(result: dict) -> str:
         f"{m['test_positives']:.1f} held-out positives, {m['test_confusers']:.1f} held-out confusers",
         f"  false-positive rate at {result['recall']:.0%} recall (mean): chosen {m['chosen_fpr']:.3f}  random {m['random_fpr']:.3f}  "
         f"ratio chosen/random {result['fpr_ratio']:.2f}",
+    ]
+    pd_ = result.get("paired")
+    if pd_:
+        lines.append(
+            f"  paired difference chosen - random: {pd_['mean']:+.3f} (bootstrap 95% interval {pd_['ci95'][0]:+.3f} .. "
+            f"{pd_['ci95'][1]:+.3f}); chosen lower in {pd_['better']} seeds, equal in {pd_['same']}, higher in {pd_['worse']}"
+        )
+    lines.append(f"  hardness: {result.get('hardness', 'image')} (select.hardness; regions need embed.regions > 0)")
+    lines += [
         f"  {'':24}{'chosen':>10}{'random':>10}",
     ]
     for k, label in (("leaks", "leaks"), ("strata_tv", "strata TV distance"), ("duplicate_rate", "duplicate rate"),

@@ -297,6 +297,55 @@ class Pool:
     uri: np.ndarray | None = None
     labelled: np.ndarray | None = None  # bool; labelled candidates are known negatives (never quarantined)
     dhash: np.ndarray | None = None  # int64 difference hash (negset.quality.dhash)
+    # region embeddings (negset.regions): crops of images and the positives' target objects
+    region_vectors: np.ndarray | None = None  # (r, d) unit rows, float16
+    region_owner: np.ndarray | None = None  # pool row of each region
+    object_vectors: np.ndarray | None = None  # (m, d) target objects cropped from positives
+    object_owner: np.ndarray | None = None  # pool row of each object
+
+    def subset(self, idx: np.ndarray, positive: np.ndarray | None = None) -> "Pool":
+        """The rows ``idx`` (in that order) as a pool of their own; regions and objects follow their rows."""
+        idx = np.asarray(idx, np.int64)
+        remap = np.full(len(self.sha256), -1, np.int64)
+        remap[idx] = np.arange(len(idx))
+
+        def rows(a):
+            return None if a is None else a[idx]
+
+        def follow(vectors, owner):
+            if vectors is None:
+                return None, None
+            keep = remap[owner] >= 0
+            return vectors[keep], remap[owner][keep]
+
+        rv, ro = follow(self.region_vectors, self.region_owner)
+        ov, oo = follow(self.object_vectors, self.object_owner)
+        return Pool(
+            sha256=self.sha256[idx], vectors=self.vectors[idx],
+            positive=self.positive[idx] if positive is None else positive,
+            has_target=self.has_target[idx], stratum=self.stratum[idx], stratum_names=self.stratum_names,
+            background=rows(self.background), scores={k: v[idx] for k, v in self.scores.items()},
+            area=rows(self.area), uri=rows(self.uri), labelled=rows(self.labelled), dhash=rows(self.dhash),
+            region_vectors=rv, region_owner=ro, object_vectors=ov, object_owner=oo,
+        )
+
+
+def region_hardness(pool: Pool, rows: np.ndarray, objects: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Per row: the highest cosine similarity between the image or any of its crops and any target object."""
+    O = np.asarray(objects, np.float32).T
+    out = np.full(len(rows), -1.0, np.float32)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        out[start : start + len(part)] = (np.asarray(pool.vectors[part], np.float32) @ O).max(axis=1)
+    if pool.region_vectors is not None and len(pool.region_vectors):
+        at = np.full(len(pool.sha256), -1, np.int64)
+        at[rows] = np.arange(len(rows))
+        mine = np.flatnonzero(at[pool.region_owner] >= 0)
+        for start in range(0, len(mine), chunk):
+            part = mine[start : start + chunk]
+            sims = (np.asarray(pool.region_vectors[part], np.float32) @ O).max(axis=1)
+            np.maximum.at(out, at[pool.region_owner[part]], sims)
+    return out
 
 
 @dataclass
@@ -310,7 +359,9 @@ class Choice:
     reason: list[str]
     status: np.ndarray  # per pool row: '' eligible/chosen/positive, else the rule that left it out
     status_score: np.ndarray  # the rule's score
-    pos_similarity: np.ndarray  # mean top-k similarity to the positives
+    pos_similarity: np.ndarray  # mean top-k similarity to the positives (scene)
+    hardness: np.ndarray  # what the bands use: pos_similarity, or the region-to-object similarity
+    hardness_by: str  # image | regions
     nearest_similarity: np.ndarray
     nearest_positive: np.ndarray  # pool row of the nearest positive
     band_of: np.ndarray  # per pool row: band code (-1 = not eligible)
@@ -377,6 +428,22 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
                 eb, ea = exact_nearest(pool.vectors, P, cand_rows[close])
                 b[close], a[close] = eb, ea
         topk[cand_rows], best[cand_rows], nearest[cand_rows] = t, b, pos_rows[a]
+    # hardness: whole-image similarity, or the best crop-to-target-object match (negset.regions)
+    hard_sim = topk.copy()
+    hardness_by = "image"
+    if cfg.hardness != "image" and pool.object_vectors is not None and len(cand_rows):
+        own = pool.object_owner
+        objects = pool.object_vectors[pool.positive[own]] if len(own) else pool.object_vectors[:0]
+        if len(objects):
+            hard_sim[cand_rows] = region_hardness(pool, cand_rows, objects)
+            hardness_by = "regions"
+    if cfg.hardness == "regions" and hardness_by != "regions":
+        from negset.errors import NegsetError
+
+        raise NegsetError(
+            "select.hardness: regions needs region embeddings of the pool and target objects (boxes) on the positives",
+            hint="set embed.regions: 3 (and label the positives with boxes), or hardness: auto",
+        )
     lap("similarity")
     # 3. near-duplicates of positives
     dist = 1.0 - best.astype(np.float64)
@@ -470,7 +537,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     # 8. bands
     band = np.full(n, -1, np.int8)
     if len(elig_rows):
-        s = topk[elig_rows]
+        s = hard_sim[elig_rows]
         if cfg.bands.by == "percentile":
             hi, mid = (float(np.percentile(s, cfg.bands.hard)), float(np.percentile(s, cfg.bands.medium)))
         else:
@@ -601,7 +668,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
         taken = np.zeros(n, bool)
         taken[np.asarray(picked, np.int64)] = True
         rest = np.flatnonzero(eligible & ~taken & (code == 0))
-        rest = rest[np.lexsort((keys[rest], -topk[rest]))]
+        rest = rest[np.lexsort((keys[rest], -hard_sim[rest]))]
         chosen_vecs = np.asarray(V[np.asarray(picked, np.int64)], np.float32) if picked else np.zeros((0, P.shape[1] if len(P) else 1), np.float32)
         for r in rest:
             if missing <= 0:
@@ -628,6 +695,12 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     reasons = []
     for r, (rule, bname, q, rank, d, name, avail, bq) in zip(picked, meta):
         sim = float(topk[r])
+        what = (
+            f"object similarity {float(hard_sim[r]):.3f} (best crop vs the positives' target objects), "
+            f"scene similarity {sim:.3f}"
+            if hardness_by == "regions"
+            else f"similarity {sim:.3f} to the positives"
+        )
         if rule == "quota":
             lo, up = edges[bname]
             how = (
@@ -636,13 +709,13 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
                 else f"{'first k-center' if cfg.diversity == 'kcenter' else 'seeded random'} pick {rank} of {bq} from {avail}"
             )
             reasons.append(
-                f"{bname} negative: similarity {sim:.3f} to the positives (band {lo:.3f}..{up:.3f}); "
+                f"{bname} negative: {what} (band {lo:.3f}..{up:.3f}); "
                 f"stratum '{name}' quota {q} of {want} ({cfg.quota}); {how}; seed {cfg.seed}"
             )
         else:
             reasons.append(
-                f"shortfall fill: the positives' strata had too few eligible candidates; closest context left "
-                f"(similarity {sim:.3f}, stratum '{name}'); seed {cfg.seed}"
+                f"shortfall fill: the positives' strata had too few eligible candidates; hardest left "
+                f"({what}, stratum '{name}'); seed {cfg.seed}"
             )
     lap("reasons")
     status = np.full(n, "", dtype=object)
@@ -659,6 +732,8 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
         status=status,
         status_score=score,
         pos_similarity=topk,
+        hardness=hard_sim,
+        hardness_by=hardness_by,
         nearest_similarity=best,
         nearest_positive=nearest,
         band_of=band,
@@ -748,7 +823,21 @@ def load_pool(con, layout: Layout, axes: list[str]) -> Pool:
         uri=np.asarray(t.column("uri").to_pylist(), dtype=object),
         labelled=t.column("labelled").to_numpy(zero_copy_only=False).astype(bool),
         dhash=t.column("dhash").to_numpy(zero_copy_only=False).astype(np.int64) if hash_sql else None,
+        **_regions_of(layout, {s: i for i, s in enumerate(sha)}),
     )
+
+
+def _regions_of(layout: Layout, row_of: dict) -> dict:
+    from negset.regions import read_regions
+
+    got = read_regions(layout)
+    if got is None:
+        return {}
+    shas, kinds, vec = got
+    owner = np.asarray([row_of.get(s, -1) for s in shas], np.int64)
+    grid = (kinds == "grid") & (owner >= 0)
+    obj = (kinds == "object") & (owner >= 0)
+    return dict(region_vectors=vec[grid], region_owner=owner[grid], object_vectors=vec[obj], object_owner=owner[obj])
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -774,6 +863,7 @@ def run(params: Params, layout: Layout) -> dict:
             band=choice.band[i],
             pos_similarity=float(choice.pos_similarity[r]),
             nearest_similarity=float(choice.nearest_similarity[r]),
+            hardness=float(choice.hardness[r]),
             quota=int(choice.quota[i]),
             pick_rank=int(choice.pick_rank[i]),
             pick_distance=None if not np.isfinite(choice.pick_distance[i]) else float(choice.pick_distance[i]),
@@ -781,11 +871,12 @@ def run(params: Params, layout: Layout) -> dict:
             reason=choice.reason[i],
         )
         rows.append(row)
-    schema_cols = ["sha256", "uri", *axes, "stratum", "band", "pos_similarity", "nearest_similarity",
+    schema_cols = ["sha256", "uri", *axes, "stratum", "band", "pos_similarity", "nearest_similarity", "hardness",
                    "quota", "pick_rank", "pick_distance", "rule", "reason"]
     selection = pa.Table.from_pylist(rows, schema=pa.schema(
         [(c, pa.string()) for c in ["sha256", "uri", *axes, "stratum", "band"]]
-        + [("pos_similarity", pa.float64()), ("nearest_similarity", pa.float64()), ("quota", pa.int64()),
+        + [("pos_similarity", pa.float64()), ("nearest_similarity", pa.float64()), ("hardness", pa.float64()),
+           ("quota", pa.int64()),
            ("pick_rank", pa.int64()), ("pick_distance", pa.float64()), ("rule", pa.string()), ("reason", pa.string())]
     ))
     assert selection.column_names == schema_cols
@@ -848,6 +939,7 @@ def run(params: Params, layout: Layout) -> dict:
         quarantined=len(qrows),
         quarantine_threshold=None if not np.isfinite(choice.quarantine_threshold) else round(choice.quarantine_threshold, 4),
         band_edges=dict(hard=round(choice.band_edges[0], 4), medium=round(choice.band_edges[1], 4)),
+        hardness=choice.hardness_by,
         chosen_by_band=dict(sorted(bands.items())),
         strata_unfilled=[s["stratum"] for s in choice.strata if s["positives"] and s["shortfall"] >= 1],
         seed=cfg.seed,

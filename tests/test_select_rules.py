@@ -160,11 +160,11 @@ def test_strata_meet_quotas_bands_follow_the_mix_and_seed_repeats(planted):
         assert len(quota_rows) == s["quota"] <= s["available"]
         assert s["chosen"] == sum(r["stratum"] == s["stratum"] for r in rows)
     assert sum(s["quota"] for s in strata) + summary["filled_outside_strata"] == 8
-    # bands: hard edge above medium edge; each row's band matches its similarity
+    # bands: hard edge above medium edge; each row's band matches its hardness
     hard, medium = summary["band_edges"]["hard"], summary["band_edges"]["medium"]
     for r in rows:
         if r["rule"] == "quota":
-            expect = "hard" if r["pos_similarity"] >= hard - 1e-4 else "medium" if r["pos_similarity"] >= medium - 1e-4 else "context"
+            expect = "hard" if r["hardness"] >= hard - 1e-4 else "medium" if r["hardness"] >= medium - 1e-4 else "context"
             assert r["band"] == expect and r["band"] in r["reason"]
     first = [r["sha256"] for r in rows]
     select.run(params, layout)
