@@ -139,14 +139,14 @@ def match_by_file_name(images: list[dict], names: set[str]) -> dict[str, str]:
 
 
 def _check_columns(path: Path, columns: list[str], where: str) -> None:
+    if not any(c in columns for c in KEY_COLUMNS):
+        raise NegsetError(f"{path}: {where}: no key column", hint="add a column file (file name), uri or sha256")
     valid = KEY_COLUMNS + TAG_COLUMNS + NOTE_COLUMNS
     for col in columns:
         if col not in valid:
             close = difflib.get_close_matches(col, valid, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"columns: {', '.join(valid)}"
             raise NegsetError(f"{path}: {where}: unknown column '{col}'", hint=hint)
-    if not any(c in columns for c in KEY_COLUMNS):
-        raise NegsetError(f"{path}: {where}: no key column", hint="add a column file (file name), uri or sha256")
     if not any(c in columns for c in TAG_COLUMNS):
         raise NegsetError(f"{path}: {where}: no tag column", hint="add any of the columns lighting, background, occlusion")
 
