@@ -323,7 +323,7 @@ def report(result: dict) -> str:
         f"  indoor/outdoor over {bg['images']} images {bg['scene_counts']}",
         f"    accuracy, clusters -> majority label   {bg['indoor_outdoor_accuracy']:.3f}",
         f"    accuracy, leave-one-out                {bg['indoor_outdoor_accuracy_loo']:.3f}",
-        f"    baseline: always '{bg['majority_class']}'           {bg['majority_baseline']:.3f}",
+        f"    {'baseline: always ' + repr(bg['majority_class']):<39}{bg['majority_baseline']:.3f}",
         f"    adjusted mutual information            {bg['scene_ami']:.3f}",
         f"  dominant stuff class over {bg['stuff_images']} images ({bg['stuff_classes']} classes)",
         f"    cluster purity                         {bg['stuff_purity']:.3f}  (one cluster: {bg['stuff_purity_baseline']:.3f})",
