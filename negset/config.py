@@ -451,7 +451,7 @@ def _describe(error: dict, source: str) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         model = _model_at(loc)
-        valid = sorted(model.model_fields) if model else []
+        valid = sorted(f.alias or n for n, f in model.model_fields.items()) if model else []
         close = difflib.get_close_matches(str(loc[-1]).strip(), valid, n=1)
         suggestion = f"; did you mean '{close[0]}'?" if close else ""
         return f"{source}: {key}: unknown key{suggestion} (valid keys: {', '.join(valid)})"

@@ -408,6 +408,7 @@ def run(params: Params, layout: Layout) -> dict:
                 lighting_computed=light,
                 lighting_basis=basis,
                 color_temperature=color_temperature(st, cfg.lighting),
+                time_of_day=None if st.get("exif_hour") is None else "night" if is_night(st["exif_hour"], cfg.lighting.exif) else "day",
                 background=background[0],
                 background_source=background[1],
                 background_confidence=background[2],
@@ -446,7 +447,7 @@ _TYPES = {
     "exif_exposure_time": pa.float64(), "exif_fnumber": pa.float64(), "exif_iso": pa.float64(),
     "exif_ev": pa.float64(), "exif_flash": pa.bool_(), "exif_hour": pa.int32(),
     "background_scene": pa.string(), "background_stuff": pa.string(), "occluded_share": pa.float64(),
-    "detected_objects": pa.int32(),
+    "detected_objects": pa.int32(), "time_of_day": pa.string(),
 }
 
 

@@ -138,6 +138,18 @@ def test_bad_user_tag_files_name_the_file_row_and_column(sample, name, text, exp
         assert part in message, (part, message)
 
 
+def test_panoptic_and_detector_keys_are_checked():
+    from negset.config import parse_params
+
+    base = {"ingest": {"target": ["person"], "positives": {"format": "list", "path": "x.txt"}}, "select": {"count": 1}}
+    with pytest.raises(NegsetError, match=r"tag.background.panoptic.jsn: unknown key; did you mean 'json'"):
+        parse_params({**base, "tag": {"background": {"panoptic": {"jsn": "p.json"}}}})
+    with pytest.raises(NegsetError, match=r"tag.occlusion.detector.weights: required key is missing"):
+        parse_params({**base, "tag": {"occlusion": {"detector": {"model": "ssdlite320_mobilenet_v3_large"}}}})
+    p = parse_params({**base, "tag": {"background": {"panoptic": {"json": "p.json"}}, "user_tags": "u.csv"}})
+    assert p.tag.background.panoptic.json_path == "p.json" and p.tag.background.panoptic.value == "scene"
+
+
 # ----------------------------------------------------------------------------- EXIF
 
 

@@ -108,7 +108,7 @@ def test_tags_of_old_images_stay_when_new_images_arrive(project):
     new = next(r for s, r in after.items() if s not in before)
     assert new["background"] in {r["background"] for r in before.values()}
     # its EXIF (EV 2.9 at ISO 1600, 23:10, flash) was read: a dark scene whatever the pixels say
-    assert new["exif_hour"] == 23 and new["exif_flash"] is True and new["exif_ev"] < 3
+    assert new["exif_hour"] == 23 and new["time_of_day"] == "night" and new["exif_flash"] is True and new["exif_ev"] < 3
     assert (new["lighting"], new["lighting_basis"], new["lighting_source"]) == ("dark", "exif", "computed")
     assert new["occlusion"] == "unknown"  # not in the COCO file: unlabelled
 
