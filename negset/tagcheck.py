@@ -256,7 +256,7 @@ def check(params: Params, layout: Layout, panoptic: str | None = None, masks: st
     # lighting
     labels_path = Path(lighting_labels) if lighting_labels else DEFAULT_LIGHTING_LABELS
     labels = _read_lighting_labels(labels_path)
-    pairs = [(name, lab, tags[unique[name]]["lighting_computed"]) for name, (lab, _) in sorted(labels.items()) if name in unique]
+    pairs = [(name, lab, tags[unique[name]].get("lighting_computed") or tags[unique[name]]["lighting"]) for name, (lab, _) in sorted(labels.items()) if name in unique]
     truth = [p[1] for p in pairs]
     pred = [p[2] for p in pairs]
     result["lighting"] = dict(
