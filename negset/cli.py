@@ -27,6 +27,8 @@ examples:
   negset export-yolo --out /data/yolo-negatives
                                     Ultralytics layout: images/, labels/ (empty .txt), negatives.txt
   negset evaluate --target dog      chosen vs random negatives on a labelled pool
+  negset check-tags --panoptic panoptic.json --masks panoptic/
+                                    tags vs ground truth (panoptic labels, hand lighting labels)
   dvc repro                         run the stages that changed, each through negset
 """
 
@@ -96,6 +98,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--confusers", help="comma-separated classes easily confused with the target (default: a built-in list)")
     ev.add_argument("--seeds", type=int, default=50, help="random splits to average over (default 50)")
     ev.add_argument("--count", type=int, help="negatives per split (default: select.count / select.ratio)")
+    ct = sub.add_parser(
+        "check-tags",
+        help="agreement of the tags with ground truth: panoptic stuff labels, hand lighting labels, masks",
+        description="After `negset tag` on a labelled project: background clusters vs COCO panoptic stuff labels "
+        "(indoor/outdoor accuracy, purity, AMI), lighting vs hand labels, occlusion from boxes vs from masks. "
+        "Writes data/tags/agreement.json.",
+    )
+    ct.add_argument("--panoptic", help="COCO panoptic JSON (default: tag.background.panoptic.json)")
+    ct.add_argument("--masks", help="folder of the panoptic PNGs (default: tag.background.panoptic.masks)")
+    ct.add_argument("--lighting-labels", help="CSV file,lighting,note (default: examples/lighting-labels-coco128.csv)")
     sub.add_parser("refresh", help="ingest new objects, dvc repro, and release (dvc push, commit, tag) when the set changed")
     return p
 
@@ -135,6 +147,14 @@ def _run(args) -> dict:
             raise NegsetError("--seeds and --count must be at least 1")
         confusers = [c.strip() for c in args.confusers.split(",") if c.strip()] if args.confusers else None
         result = evaluate(params, Layout.at(root), args.target, confusers, args.seeds, args.count)
+        if not args.json:
+            print(report(result))
+        return result
+    if args.command == "check-tags":
+        from negset.layout import Layout
+        from negset.tagcheck import check, report
+
+        result = check(params, Layout.at(root), args.panoptic, args.masks, args.lighting_labels)
         if not args.json:
             print(report(result))
         return result

@@ -206,17 +206,52 @@ class Embed(_Section):
     )
 
 
+class LightingExif(_Section):
+    """Scene light from the camera's EXIF (when a JPEG has it): it can only make a class darker."""
+
+    use: bool = Field(True, description="read ExposureTime, FNumber, ISO, Flash and DateTimeOriginal when present")
+    dark_ev: float = Field(3.0, ge=-10, le=25, description="exposure value (EV at ISO 100) under this: dark")
+    dim_ev: float = Field(7.0, ge=-10, le=25, description="EV100 under this: dim (a dark-looking image stays dark)")
+    night_from: int = Field(21, ge=0, le=23, description="DateTimeOriginal hour from which it is night")
+    night_until: int = Field(5, ge=0, le=23, description="... and until which (exclusive) it is night")
+    night_class: Literal["dark", "dim"] = Field("dim", description="class of a night shot (no EV, or EV not low)")
+
+
 class Lighting(_Section):
     dark_below: float = Field(50.0, ge=0, le=255, description="median luminance under this: dark")
     dim_below: float = Field(95.0, ge=0, le=255, description="median luminance under this: dim")
     bright_above: float = Field(175.0, ge=0, le=255, description="median luminance over this: bright")
     high_contrast_std: float = Field(75.0, ge=0, le=255, description="luminance std at or over this: high-contrast")
+    clipped_share: float = Field(
+        0.08, gt=0, le=1,
+        description="this share of pixels clipped to black (<=5) AND this share clipped to white (>=250): high-contrast",
+    )
+    warm_above: float = Field(1.15, gt=0, description="mean R / mean B over this: colour temperature warm")
+    cool_below: float = Field(0.9, gt=0, description="mean R / mean B under this: cool (else neutral)")
+    confidence_scale: float = Field(
+        20.0, gt=0, description="luminance levels from the nearest class threshold at which the confidence reaches 1"
+    )
+    exif: LightingExif = LightingExif()
 
     @model_validator(mode="after")
     def _ordered(self) -> "Lighting":
         if not self.dark_below <= self.dim_below <= self.bright_above:
             raise ValueError("expected dark_below <= dim_below <= bright_above")
+        if not self.cool_below <= self.warm_above:
+            raise ValueError("expected cool_below <= warm_above")
+        if not self.exif.dark_ev <= self.exif.dim_ev:
+            raise ValueError("expected exif.dark_ev <= exif.dim_ev")
         return self
+
+
+class Panoptic(_Section):
+    """COCO panoptic labels: the background tag from the stuff classes (source ``annotation``)."""
+
+    json_path: str = Field(alias="json", description="the COCO panoptic JSON (segments_info per image, categories)")
+    masks: str | None = Field(None, description="folder of the panoptic PNGs (needed by check-tags for occlusion)")
+    value: Literal["scene", "stuff", "both"] = Field(
+        "scene", description="background value: scene = indoor/outdoor, stuff = dominant stuff class, both = 'outdoor: grass'"
+    )
 
 
 class Background(_Section):
@@ -225,18 +260,39 @@ class Background(_Section):
     refit_share: float = Field(
         0.2, ge=0, le=1, description="refit the clusters when more than this share of images is new since the last fit"
     )
+    confidence_margin: float = Field(
+        0.1, gt=0, le=2, description="cosine margin (nearest minus second-nearest centre) at which the confidence reaches 1"
+    )
+    panoptic: Panoptic | None = Field(None, description="COCO panoptic labels to read the background from")
+
+
+class Detector(_Section):
+    """A torchvision detector for occlusion of images without box labels (weights from a local file)."""
+
+    model: Literal[
+        "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn",
+        "ssdlite320_mobilenet_v3_large", "retinanet_resnet50_fpn",
+    ] = Field("fasterrcnn_mobilenet_v3_large_fpn", description="torchvision.models.detection builder")
+    weights: str = Field(description="local state_dict file (torch.save(model.state_dict(), path)); never downloaded")
+    num_classes: int = Field(91, ge=2, description="classes of the weights (91 for COCO-trained torchvision weights)")
+    score: float = Field(0.5, ge=0, le=1, description="boxes scoring at least this count as objects")
+    max_side: int = Field(640, ge=64, le=4096, description="images are reduced to this longest side first")
 
 
 class Occlusion(_Section):
     edge_margin: float = Field(0.01, ge=0, lt=0.5, description="a box this close to the frame edge is cut")
     overlap: float = Field(0.2, gt=0, le=1, description="a box this much covered by another is occluded")
     heavy_share: float = Field(0.5, gt=0, le=1, description="share of occluded objects that makes 'heavy'")
+    detector: Detector | None = Field(None, description="detector for images without box labels; null = unknown")
 
 
 class Tag(_Section):
     lighting: Lighting = Lighting()
     background: Background = Background()
     occlusion: Occlusion = Occlusion()
+    user_tags: str | None = Field(
+        None, description="CSV or JSON of user tags (key: file, uri or sha256; columns lighting/background/occlusion)"
+    )
 
 
 class Leaks(_Section):
@@ -406,7 +462,7 @@ def _describe(error: dict, source: str) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         model = _model_at(loc)
-        valid = sorted(model.model_fields) if model else []
+        valid = sorted(f.alias or n for n, f in model.model_fields.items()) if model else []
         close = difflib.get_close_matches(str(loc[-1]).strip(), valid, n=1)
         suggestion = f"; did you mean '{close[0]}'?" if close else ""
         return f"{source}: {key}: unknown key{suggestion} (valid keys: {', '.join(valid)})"

@@ -1,20 +1,28 @@
 """Step 3, tag: lighting, background and occlusion tags for every image.
 
-- lighting, from pixel statistics of the luminance: dark / dim / normal /
-  bright / high-contrast (thresholds in ``params.yaml`` ``tag.lighting``);
-- background, clusters of the embeddings (k-means, seeded), each named by
-  the ImageNet classes its members look most like;
-- occlusion, from box geometry when labels exist: the share of objects cut
-  by the frame or covered by another box: none / partial / heavy, and
-  ``unknown`` for unlabelled images.
-Each tag is stored with its source (``computed`` or ``annotation``).
+- lighting, from pixel statistics of the luminance (median, spread, clipped
+  shadows and highlights) and, when a JPEG has it, the camera's EXIF (exposure
+  value, night-time hour): dark / dim / normal / bright / high-contrast
+  (thresholds in ``params.yaml`` ``tag.lighting``); plus a colour temperature
+  (warm / neutral / cool) from the red/blue balance;
+- background, clusters of the embeddings (k-means, seeded, stable across
+  refreshes), each named by the ImageNet classes its members look most like;
+  or, when the source has COCO panoptic labels, indoor/outdoor and the
+  dominant stuff class (negset/tagsources.py);
+- occlusion, from box geometry when labels exist (or from a configured
+  detector's boxes, negset/detector.py): the share of objects cut by the
+  frame or covered by another box: none / partial / heavy, and ``unknown``
+  for unlabelled images.
+Each tag is stored with its source (``computed``, ``annotation`` or ``user``;
+user tags win over annotations, annotations over computed values) and a
+confidence in [0, 1] (columns ``TAG_source`` and ``TAG_confidence``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 from pathlib import Path
@@ -22,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from PIL import Image
 
 from negset import atomic, quality
 from negset.config import Background, Lighting, Occlusion, Params
@@ -36,9 +46,12 @@ LIGHTING_CLASSES = ("dark", "dim", "normal", "bright", "high-contrast")
 
 
 def luminance_stats(image) -> dict:
-    """Luminance statistics of an RGB image (0-255 scale)."""
+    """Luminance and colour statistics of an RGB image (0-255 scale)."""
+    rgb = np.asarray(image, dtype=np.float32)
     gray = np.asarray(image.convert("L"), dtype=np.float32)
     p5, p50, p95 = np.percentile(gray, [5, 50, 95])
+    mean_r = float(rgb[..., 0].mean()) if rgb.ndim == 3 else float(gray.mean())
+    mean_b = float(rgb[..., 2].mean()) if rgb.ndim == 3 else float(gray.mean())
     return dict(
         luma_mean=float(gray.mean()),
         luma_p5=float(p5),
@@ -47,20 +60,121 @@ def luminance_stats(image) -> dict:
         luma_std=float(gray.std()),
         clipped_dark=float((gray <= 5).mean()),
         clipped_bright=float((gray >= 250).mean()),
+        contrast=float((p95 - p5) / 255.0),
+        rb_ratio=float((mean_r + 1.0) / (mean_b + 1.0)),
     )
 
 
-def lighting_class(stats: dict, cfg: Lighting) -> str:
-    median = stats["luma_p50"]
+EXIF_IFD = 0x8769
+EXIF_FIELDS = ("exif_exposure_time", "exif_fnumber", "exif_iso", "exif_ev", "exif_flash", "exif_hour")
+
+
+def _num(value) -> float | None:
+    if isinstance(value, (tuple, list)):
+        value = value[0] if value else None
+    try:
+        out = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return out if np.isfinite(out) and out > 0 else None
+
+
+def exif_fields(path) -> dict:
+    """Exposure time (s), f-number, ISO, EV at ISO 100, flash fired, hour taken; None where absent."""
+    out: dict = dict.fromkeys(EXIF_FIELDS)
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            sub = exif.get_ifd(EXIF_IFD)
+    except Exception:
+        return out
+    t = _num(sub.get(0x829A))  # ExposureTime
+    n = _num(sub.get(0x829D))  # FNumber
+    iso = _num(sub.get(0x8827))  # ISOSpeedRatings / PhotographicSensitivity
+    out["exif_exposure_time"], out["exif_fnumber"], out["exif_iso"] = t, n, iso
+    if t and n:
+        out["exif_ev"] = float(np.log2(n * n / t) - np.log2((iso or 100.0) / 100.0))
+    flash = sub.get(0x9209)
+    if isinstance(flash, int):
+        out["exif_flash"] = bool(flash & 1)
+    stamp = sub.get(0x9003) or exif.get(0x0132)  # DateTimeOriginal, else DateTime
+    if isinstance(stamp, bytes):
+        stamp = stamp.decode("ascii", "replace")
+    if isinstance(stamp, str) and len(stamp) >= 13:
+        try:
+            hour = int(stamp.strip()[11:13])
+            out["exif_hour"] = hour if 0 <= hour <= 23 else None
+        except ValueError:
+            pass
+    return out
+
+
+def _conf(distance: float, scale: float) -> float:
+    """0.5 on a class threshold (a coin flip between two classes), 1 at ``scale`` or more away."""
+    return float(0.5 + 0.5 * min(1.0, max(0.0, distance) / scale))
+
+
+def pixel_lighting(stats: dict, cfg: Lighting) -> tuple[str, float]:
+    """(class, confidence) from the luminance median and spread."""
+    median, std = stats["luma_p50"], stats["luma_std"]
+    clipped = stats.get("clipped_dark", 0.0) >= cfg.clipped_share and stats.get("clipped_bright", 0.0) >= cfg.clipped_share
     if median < cfg.dark_below:
-        return "dark"
+        return "dark", _conf(cfg.dark_below - median, cfg.confidence_scale)
     if median > cfg.bright_above:
-        return "bright"
-    if stats["luma_std"] >= cfg.high_contrast_std:
-        return "high-contrast"
+        return "bright", _conf(median - cfg.bright_above, cfg.confidence_scale)
+    to_range = min(median - cfg.dark_below, cfg.bright_above - median)
+    if std >= cfg.high_contrast_std or clipped:
+        margin = to_range if clipped else min(to_range, std - cfg.high_contrast_std)
+        return "high-contrast", _conf(margin, cfg.confidence_scale)
+    to_hc = cfg.high_contrast_std - std
     if median < cfg.dim_below:
-        return "dim"
-    return "normal"
+        return "dim", _conf(min(cfg.dim_below - median, median - cfg.dark_below, to_hc), cfg.confidence_scale)
+    return "normal", _conf(min(median - cfg.dim_below, cfg.bright_above - median, to_hc), cfg.confidence_scale)
+
+
+def is_night(hour: int | None, cfg) -> bool:
+    if hour is None:
+        return False
+    if cfg.night_from <= cfg.night_until:
+        return cfg.night_from <= hour < cfg.night_until
+    return hour >= cfg.night_from or hour < cfg.night_until
+
+
+_DARKNESS = {"dark": 0, "dim": 1}
+
+
+def lighting_tag(stats: dict, cfg: Lighting) -> tuple[str, float, str]:
+    """(class, confidence, basis): pixels, made darker by the EXIF scene light when present.
+
+    A photo is exposed for its scene, so a night or low-light shot can look
+    normal in pixels; a low exposure value (EV at ISO 100) or a night-time
+    hour says the scene was dark or dim. EXIF never makes a class brighter.
+    """
+    cls, conf = pixel_lighting(stats, cfg)
+    ex = cfg.exif
+    if not ex.use:
+        return cls, conf, "pixels"
+    ev = stats.get("exif_ev")
+    exif_cls, exif_conf = None, 0.0
+    if ev is not None and ev < ex.dim_ev:
+        if ev < ex.dark_ev:
+            exif_cls, exif_conf = "dark", _conf(ex.dark_ev - ev, 2.0)
+        else:
+            exif_cls, exif_conf = "dim", _conf(min(ex.dim_ev - ev, ev - ex.dark_ev), 2.0)
+    elif ev is None and is_night(stats.get("exif_hour"), ex):
+        exif_cls, exif_conf = ex.night_class, 0.6  # the hour alone: the scene may be lit
+    if exif_cls is not None and _DARKNESS[exif_cls] < _DARKNESS.get(cls, 2):
+        return exif_cls, exif_conf, "exif"
+    return cls, conf, "pixels"
+
+
+def lighting_class(stats: dict, cfg: Lighting) -> str:
+    return lighting_tag(stats, cfg)[0]
+
+
+def color_temperature(stats: dict, cfg: Lighting) -> str:
+    r = stats["rb_ratio"]
+    return "warm" if r > cfg.warm_above else "cool" if r < cfg.cool_below else "neutral"
 
 
 def occlusion_of(boxes: list[tuple[float, float, float, float]], cfg: Occlusion) -> tuple[str, float]:
@@ -192,7 +306,14 @@ def background_clusters(vectors, top5, cfg: Background, model_hash: str, previou
     return labels, centers, names, True
 
 
+def choose(*candidates: tuple | None) -> tuple:
+    """The first candidate present: callers pass (value, source, confidence) as user, annotation, computed."""
+    return next(c for c in candidates if c is not None)
+
+
 def run(params: Params, layout: Layout) -> dict:
+    from negset import tagsources
+
     cfg = params.tag
     images = pq.read_table(layout.ingest / "images.parquet").to_pylist()
     boxes_t = pq.read_table(layout.ingest / "labels.parquet").to_pylist()
@@ -208,40 +329,105 @@ def run(params: Params, layout: Layout) -> dict:
 
     model_hash = json.loads((layout.embed / "model.json").read_text()).get("model_hash", "")
     labels, centers, names, refit = background_clusters(vectors, top5, cfg.background, model_hash, layout.tags / "centroids.parquet")
+    sims = vectors @ centers.T
+    if centers.shape[0] > 1:
+        two = -np.sort(-sims, axis=1)[:, :2]
+        margins = two[:, 0] - two[:, 1]
+    else:
+        margins = np.full(len(vectors), cfg.background.confidence_margin)
 
     def stats_for(sha: str) -> dict:
-        image = load_rgb(layout.object_path(sha), reduce_to=256)
-        return {**luminance_stats(image), **quality.pixel_features(image)}
+        path = layout.object_path(sha)
+        image = load_rgb(path, reduce_to=256)
+        return {**luminance_stats(image), **quality.pixel_features(image), **exif_fields(path)}
 
     stats = cached_pixel_stats(layout, [im["sha256"] for im in images], stats_for)
+
+    # annotations: COCO panoptic stuff labels
+    panoptic: dict[str, tagsources.PanopticImage] = {}
+    pan_cfg = cfg.background.panoptic
+    if pan_cfg is not None:
+        entries, _ = tagsources.load_panoptic(layout.root / pan_cfg.json_path)
+        matched = tagsources.match_by_file_name(images, set(entries))
+        panoptic = {sha: entries[name] for sha, name in matched.items()}
+        log.info("tag: panoptic labels for %d of %d images", len(panoptic), len(images))
+    user = tagsources.load_user_tags(layout.root / cfg.user_tags, images) if cfg.user_tags else {}
+
+    # a detector for the images without box labels, when configured
+    detected: dict[str, tuple] = {}
+    det_cfg = cfg.occlusion.detector
+    unlabelled = [im["sha256"] for im in images if not im["labelled"]]
+    if det_cfg is not None and unlabelled:
+        from negset import detector
+
+        model = detector.load_detector(det_cfg, layout.root)
+        pics = [load_rgb(layout.object_path(s), reduce_to=det_cfg.max_side) for s in unlabelled]
+        detected = dict(zip(unlabelled, detector.detect(model, pics, det_cfg)))
+        log.info("tag: detector %s on %d unlabelled images", det_cfg.model, len(unlabelled))
 
     rows = []
     for im, st in zip(images, stats):
         sha = im["sha256"]
-        cluster = int(labels[index[sha]])
+        i = index[sha]
+        cluster = int(labels[i])
+        mine = user.get(sha, {})
+        # lighting
+        light, light_conf, basis = lighting_tag(st, cfg.lighting)
+        lighting = choose(
+            (mine["lighting"], "user", 1.0) if "lighting" in mine else None,
+            (light, "computed", light_conf),
+        )
+        # background
+        pan = panoptic.get(sha)
+        pan_tag = tagsources.panoptic_background(pan, pan_cfg.value) if pan is not None else None
+        bg_conf = _conf(float(margins[i]), cfg.background.confidence_margin)
+        background = choose(
+            (mine["background"], "user", 1.0) if "background" in mine else None,
+            (pan_tag[0], "annotation", float(pan_tag[1])) if pan_tag else None,
+            (names[cluster], "computed", bg_conf),
+        )
+        # occlusion
         if im["labelled"]:
             occ, share = occlusion_of(boxes.get(sha, []), cfg.occlusion)
-            occ_source = "annotation"
+            occ_tag = (occ, "annotation", 1.0)
+        elif sha in detected:
+            found, scores, top = detected[sha]
+            occ, share = occlusion_of(found, cfg.occlusion)
+            # detection scores: how sure the detector is of the objects it counted (or of finding none)
+            occ_tag = (occ, "computed", float(np.mean(scores)) if scores else float(1.0 - top))
         else:
-            occ, share = "unknown", None
-            occ_source = "none"
+            share = None
+            occ_tag = ("unknown", "computed", 0.0)
+        occlusion = choose((mine["occlusion"], "user", 1.0) if "occlusion" in mine else None, occ_tag)
         rows.append(
             dict(
                 sha256=sha,
-                lighting=lighting_class(st, cfg.lighting),
-                lighting_source="computed",
-                background=names[cluster],
+                lighting=lighting[0],
+                lighting_source=lighting[1],
+                lighting_confidence=lighting[2],
+                lighting_computed=light,
+                lighting_basis=basis,
+                color_temperature=color_temperature(st, cfg.lighting),
+                time_of_day=None if st.get("exif_hour") is None else "night" if is_night(st["exif_hour"], cfg.lighting.exif) else "day",
+                background=background[0],
+                background_source=background[1],
+                background_confidence=background[2],
                 background_cluster=cluster,
-                background_source="computed",
-                background_similarity=float(vectors[index[sha]] @ centers[cluster]),
-                occlusion=occ,
-                occlusion_source=occ_source,
+                background_computed=names[cluster],
+                background_similarity=float(sims[i, cluster]),
+                background_margin=float(margins[i]),
+                background_scene=pan.scene if pan is not None else None,
+                background_stuff=pan.stuff if pan is not None else None,
+                occlusion=occlusion[0],
+                occlusion_source=occlusion[1],
+                occlusion_confidence=occlusion[2],
                 occluded_share=share,
+                detected_objects=len(detected[sha][0]) if sha in detected else None,
                 **st,
             )
         )
     rows.sort(key=lambda r: r["sha256"])
-    atomic.write_parquet(pa.Table.from_pylist(rows), layout.tags / "tags.parquet")
+    atomic.write_parquet(pa.Table.from_pylist(rows, schema=_schema(rows)), layout.tags / "tags.parquet")
     clusters = [
         dict(cluster=j, name=names[j], size=int((labels == j).sum())) for j in sorted(names)
     ]
@@ -252,5 +438,30 @@ def run(params: Params, layout: Layout) -> dict:
     counts = defaultdict(int)
     for r in rows:
         counts[r["lighting"]] += 1
-    log.info("tag: %d images, %d background clusters, lighting %s", len(rows), len(centers), dict(counts))
-    return dict(images=len(rows), clusters=len(centers))
+    sources = {t: dict(sorted(Counter(r[f"{t}_source"] for r in rows).items())) for t in ("lighting", "background", "occlusion")}
+    log.info("tag: %d images, %d background clusters, lighting %s, sources %s", len(rows), len(centers), dict(counts), sources)
+    return dict(images=len(rows), clusters=len(centers), sources=sources)
+
+
+_TYPES = {
+    "exif_exposure_time": pa.float64(), "exif_fnumber": pa.float64(), "exif_iso": pa.float64(),
+    "exif_ev": pa.float64(), "exif_flash": pa.bool_(), "exif_hour": pa.int32(),
+    "background_scene": pa.string(), "background_stuff": pa.string(), "occluded_share": pa.float64(),
+    "detected_objects": pa.int32(), "time_of_day": pa.string(),
+}
+
+
+def _schema(rows: list[dict]) -> pa.Schema | None:
+    """Stable column types even when a column is null for every image (no EXIF, no panoptic labels)."""
+    if not rows:
+        return None
+    inferred = pa.Table.from_pylist(rows[:1]).schema
+    fields = []
+    for f in inferred:
+        if f.name in _TYPES:
+            fields.append(pa.field(f.name, _TYPES[f.name]))
+        elif pa.types.is_null(f.type):
+            fields.append(pa.field(f.name, pa.string()))
+        else:
+            fields.append(f)
+    return pa.schema(fields)

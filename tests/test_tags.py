@@ -92,19 +92,25 @@ def test_tags_of_old_images_stay_when_new_images_arrive(project):
         return {r["sha256"]: r for r in pq.read_table(layout.tags / "tags.parquet").to_pylist()}
 
     before = tag_all()
-    # one new photo in the source (3% of the pool): a mirrored copy of a sample photo
+    # one new photo in the source (3% of the pool): a mirrored copy of a sample photo, with camera EXIF
+    from tests.test_tag_sources import write_exif_jpeg
+
     src = project / "examples" / "coco-sample" / "images" / "000000000089.jpg"
-    ImageOps.mirror(Image.open(src)).save(src.with_name("new-mirrored.jpg"), quality=90)
+    write_exif_jpeg(src.with_name("new-mirrored.jpg"), image=ImageOps.mirror(Image.open(src).convert("RGB")))
     after = tag_all()
     assert len(after) == len(before) + 1
     for sha, row in before.items():
-        for key in ("lighting", "background", "background_cluster", "occlusion"):
-            assert after[sha][key] == row[key], (sha, key)
+        # every column: tags, their sources and confidences, cluster margins, pixel and EXIF fields
+        assert after[sha] == row, (sha, {k: (row[k], after[sha][k]) for k in row if after[sha][k] != row[k]})
     clusters = json.loads((layout.tags / "clusters.json").read_text())
     assert clusters["refit"] is False
     # the new image joined an existing, already named cluster
     new = next(r for s, r in after.items() if s not in before)
     assert new["background"] in {r["background"] for r in before.values()}
+    # its EXIF (EV 2.9 at ISO 1600, 23:10, flash) was read: a dark scene whatever the pixels say
+    assert new["exif_hour"] == 23 and new["time_of_day"] == "night" and new["exif_flash"] is True and new["exif_ev"] < 3
+    assert (new["lighting"], new["lighting_basis"], new["lighting_source"]) == ("dark", "exif", "computed")
+    assert new["occlusion"] == "unknown"  # not in the COCO file: unlabelled
 
 
 def test_clusters_refit_when_many_images_are_new(project):
