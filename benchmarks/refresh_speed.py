@@ -67,6 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--new-share", type=float, default=0.01)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary project (its path is printed)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="negset-refresh-"))
     root = tmp / "project"
@@ -100,7 +101,10 @@ def main() -> None:
     print(f"  refresh with {new} new photos ({args.new_share:.0%}):        {refresh:8.1f} s")
     print(f"  refresh / full: {refresh / full:.1%}")
     print(f"  refresh, time inside each step (the rest is process start-up): {refresh_steps}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep:
+        print(f"  project kept in {root}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

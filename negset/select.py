@@ -133,7 +133,7 @@ def similarity_to_positives(
     k = max(1, min(k, m))
     if exact is None:
         exact = n * m <= EXACT_BELOW
-    if exact or n * m <= simmath.NUMPY_APPROX_BELOW:  # float32 in NumPy: no torch import
+    if n * m <= simmath.NUMPY_BELOW:  # float32 in NumPy: no torch import
         return simmath.similarity_to_positives(C, P, k, chunk)
     torch = _torch()
     dtype = torch.float32 if exact else torch.bfloat16
@@ -183,7 +183,7 @@ def leave_one_out_similarity(P: np.ndarray, k: int = 5, chunk: int = 4096) -> np
         return np.zeros(m, np.float32)
     k = max(1, min(k, m - 1))
     exact = m * m <= EXACT_PAIRS_BELOW
-    if exact or m * m <= simmath.NUMPY_APPROX_BELOW:  # float32 in NumPy: no torch import
+    if m * m <= simmath.NUMPY_BELOW:  # float32 in NumPy: no torch import
         return simmath.leave_one_out_similarity(P, k, chunk)
     torch = _torch()
     dtype = torch.float32 if exact else torch.bfloat16
@@ -219,7 +219,7 @@ def near_duplicate_groups(V: np.ndarray, order: np.ndarray, threshold: float, ch
     keep_of = np.full(n, -1, np.int64)
     if n < 2:
         return keep_of
-    if n * n <= simmath.NUMPY_APPROX_BELOW:  # float32 in NumPy: no torch import
+    if n * n <= simmath.NUMPY_BELOW:  # float32 in NumPy: no torch import
         return simmath.near_duplicate_groups(V, order, threshold, 1.0 - threshold, chunk)
     torch = _torch()
     X = torch.from_numpy(np.ascontiguousarray(V[order], dtype=np.float32))

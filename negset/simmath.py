@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# approximate products (n x m) up to this size run here in float32 rather than in torch bfloat16
-NUMPY_APPROX_BELOW = 3e7
+# products (rows x rows) up to this size run here in float32 (exact), larger ones in torch
+# (float32, or bfloat16 on large pools; see negset.select)
+NUMPY_BELOW = 3e7
 
 
 def _topk_rows(sims: np.ndarray, k: int) -> np.ndarray:

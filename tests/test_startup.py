@@ -1,0 +1,82 @@
+"""A refresh's steps start light: no torch, timm or Prefect where the work does not need them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from negset import select, simmath
+from tests.conftest import REPO, copy_built
+
+HEAVY = ("torch", "timm", "torchvision", "prefect")
+
+
+def _unit(rng, n, d=48):
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_numpy_similarity_kernels_equal_the_torch_ones(monkeypatch):
+    rng = np.random.default_rng(7)
+    C = _unit(rng, 700)
+    C[350:] = C[:350] + 0.04 * rng.standard_normal((350, 48)).astype(np.float32)  # near-duplicate pairs
+    C /= np.linalg.norm(C, axis=1, keepdims=True)
+    P = _unit(rng, 40)
+    order = rng.permutation(len(C))
+    fast = (select.similarity_to_positives(C.astype(np.float16), P, 5), select.leave_one_out_similarity(P, 5),
+            select.near_duplicate_groups(C, order, 0.05))
+    monkeypatch.setattr(simmath, "NUMPY_BELOW", -1)  # every product through torch, as before
+    ref = (select.similarity_to_positives(C.astype(np.float16), P, 5), select.leave_one_out_similarity(P, 5),
+           select.near_duplicate_groups(C, order, 0.05))
+    for a, b in zip(fast[0], ref[0]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert np.array_equal(fast[0][2], ref[0][2])  # the same nearest positive
+    np.testing.assert_allclose(fast[1], ref[1], rtol=0, atol=1e-6)
+    assert np.array_equal(fast[2], ref[2]) and (fast[2] >= 0).sum() >= 300  # the same duplicate groups
+
+
+@pytest.mark.slow
+def test_a_small_refresh_imports_no_torch_and_embeds_only_new_images(built_project, tmp_path):
+    """New photos in the source: every step runs (no-Prefect, as in a refresh) without importing torch,
+    timm or Prefect; embed runs the cached ONNX export on the new photos only."""
+    root = copy_built(built_project, tmp_path / "proj")
+    assert list((root / "data" / "cache" / "onnx").glob("*.onnx")), "the build exports the model once"
+    photos = sorted((root / "examples" / "coco-sample" / "images").glob("*.jpg"))
+    for i, src in enumerate(photos[:2]):  # new, distinct photos: crops of sample photos
+        im = Image.open(src).convert("RGB")
+        w, h = im.size
+        im.crop((w // 8, h // 8, w - w // 6, h - h // 5)).save(src.with_name(f"new-{i}.jpg"), quality=90)
+    script = (
+        "import json, sys\n"
+        "from negset.pipeline import run_step, STEPS\n"
+        f"out = {{s: run_step(s, {str(root / 'params.yaml')!r}) for s in STEPS}}\n"
+        f"print(json.dumps(dict(embed=out['embed'], heavy=[m for m in {HEAVY!r} if m in sys.modules])))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO), "NEGSET_NO_PREFECT": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == []
+    assert result["embed"]["embedded_now"] == 2 and result["embed"]["rejected"] == 0
+    assert (root / "data" / "negatives" / "report.html").stat().st_size > 0
+
+
+def test_a_refresh_runs_its_stages_without_a_flow_run_each(tmp_path, monkeypatch):
+    """version.repro hands NEGSET_NO_PREFECT=1 to the stages unless the environment chose otherwise."""
+    from negset import version
+
+    seen = []
+    monkeypatch.setattr(version, "dvc", lambda root, *args, env=None, timeout=None: seen.append((args, env)))
+    monkeypatch.delenv("NEGSET_NO_PREFECT", raising=False)
+    version.repro(tmp_path, force_ingest=True, env={"TOKEN": "x"})
+    assert [a for a, _ in seen] == [("repro", "--force", "--single-item", "ingest"), ("repro",)]
+    assert all(e == {"NEGSET_NO_PREFECT": "1", "TOKEN": "x"} for _, e in seen)
+    seen.clear()
+    monkeypatch.setenv("NEGSET_NO_PREFECT", "0")  # one flow run per stage, as before
+    version.repro(tmp_path, force_ingest=False)
+    assert seen == [(("repro",), {"NEGSET_NO_PREFECT": "0"})]
