@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+from negset import parquet as pq
 
 from negset import atomic
 from negset.config import Embed, Params

@@ -327,7 +327,7 @@ def _update_history(layout: Layout, previous: Previous, pins: list[dict]) -> int
     """
     import datetime as _dt
 
-    import pyarrow.parquet as pq
+    from negset import parquet as pq
 
     path = layout.ingest / "history.parquet"
     old_rows = pq.read_table(path).to_pylist() if path.is_file() else []

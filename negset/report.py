@@ -28,7 +28,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+from negset import parquet as pq
 
 from negset import atomic
 from negset.config import Params

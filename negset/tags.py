@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+from negset import parquet as pq
 
 from negset import atomic, quality
 from negset.config import Background, Lighting, Occlusion, Params
