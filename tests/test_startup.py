@@ -80,3 +80,33 @@ def test_a_refresh_runs_its_stages_without_a_flow_run_each(tmp_path, monkeypatch
     monkeypatch.setenv("NEGSET_NO_PREFECT", "0")  # one flow run per stage, as before
     version.repro(tmp_path, force_ingest=False)
     assert seen == [(("repro",), {"NEGSET_NO_PREFECT": "0"})]
+
+
+def test_ingest_does_not_read_unchanged_local_files_again(project, monkeypatch):
+    from negset import atomic, ingest, statcache
+    from negset import parquet as pq
+    from negset.config import load_params
+    from negset.layout import Layout
+
+    monkeypatch.setattr(statcache, "RACY_NS", 0)  # files copied a moment ago count as settled
+    params, layout = load_params(project / "params.yaml"), Layout.at(project)
+    first = ingest.run(params, layout)
+    images = pq.read_table(layout.ingest / "images.parquet")
+    assert first["unchanged_local"] == 0
+    second = ingest.run(params, layout)
+    assert second["unchanged_local"] >= first["images"] > 0  # every image file (copies included)
+    assert pq.read_table(layout.ingest / "images.parquet").equals(images)  # the same result, nothing re-read
+    # a rewrite of the same size is seen (status changed): that file is read and hashed again
+    photo = sorted((project / "examples" / "coco-sample" / "images").glob("*.jpg"))[3]
+    data = bytearray(photo.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    photo.write_bytes(bytes(data))
+    third = ingest.run(params, layout)
+    assert third["unchanged_local"] == second["unchanged_local"] - 1
+    by_uri = {r["uri"]: r["sha256"] for r in pq.read_table(layout.ingest / "images.parquet").to_pylist()}
+    assert by_uri[layout.uri(photo)] == atomic.sha256_bytes(bytes(data))
+    # without the cache: the same catalog, every file read
+    (layout.data / "cache" / "ingest" / "local.parquet").unlink()
+    again = pq.read_table(layout.ingest / "images.parquet")
+    assert ingest.run(params, layout)["unchanged_local"] == 0
+    assert pq.read_table(layout.ingest / "images.parquet").equals(again)
