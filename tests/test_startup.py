@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from negset import select, simmath
-from tests.conftest import REPO, copy_built
+from tests.conftest import REPO, copy_built, write_params
 
 HEAVY = ("torch", "timm", "torchvision", "prefect")
 
@@ -45,6 +45,7 @@ def test_a_small_refresh_imports_no_torch_and_embeds_only_new_images(built_proje
     """New photos in the source: every step runs (no-Prefect, as in a refresh) without importing torch,
     timm or Prefect; embed runs the cached ONNX export on the new photos only."""
     root = copy_built(built_project, tmp_path / "proj")
+    write_params(root, embed={"device": "cpu"})  # (with a GPU, device auto asks torch)
     assert list((root / "data" / "cache" / "onnx").glob("*.onnx")), "the build exports the model once"
     photos = sorted((root / "examples" / "coco-sample" / "images").glob("*.jpg"))
     for i, src in enumerate(photos[:2]):  # new, distinct photos: crops of sample photos
