@@ -13,7 +13,7 @@ from PIL import Image
 from negset import select, simmath
 from tests.conftest import REPO, copy_built, write_params
 
-HEAVY = ("torch", "timm", "torchvision", "prefect")
+HEAVY = ("torch", "timm", "torchvision", "prefect", "pandas", "pyarrow.dataset")
 
 
 def _unit(rng, n, d=48):
@@ -43,7 +43,7 @@ def test_numpy_similarity_kernels_equal_the_torch_ones(monkeypatch):
 @pytest.mark.slow
 def test_a_small_refresh_imports_no_torch_and_embeds_only_new_images(built_project, tmp_path):
     """New photos in the source: every step runs (no-Prefect, as in a refresh) without importing torch,
-    timm or Prefect; embed runs the cached ONNX export on the new photos only."""
+    timm, Prefect, pandas or pyarrow.dataset; embed runs the cached ONNX export on the new photos only."""
     root = copy_built(built_project, tmp_path / "proj")
     write_params(root, embed={"device": "cpu"})  # (with a GPU, device auto asks torch)
     assert list((root / "data" / "cache" / "onnx").glob("*.onnx")), "the build exports the model once"
@@ -52,11 +52,17 @@ def test_a_small_refresh_imports_no_torch_and_embeds_only_new_images(built_proje
         im = Image.open(src).convert("RGB")
         w, h = im.size
         im.crop((w // 8, h // 8, w - w // 6, h - h // 5)).save(src.with_name(f"new-{i}.jpg"), quality=90)
-    script = (
-        "import json, sys\n"
-        "from negset.pipeline import run_step, STEPS\n"
-        f"out = {{s: run_step(s, {str(root / 'params.yaml')!r}) for s in STEPS}}\n"
-        f"print(json.dumps(dict(embed=out['embed'], heavy=[m for m in {HEAVY!r} if m in sys.modules])))\n"
+    script = (  # each step as `negset --no-prefect STEP` runs it (what a refresh's dvc repro runs)
+        "import contextlib, io, json, sys\n"
+        "from negset.cli import main\n"
+        "from negset.pipeline import STEPS\n"
+        "out = {}\n"
+        "for step in STEPS:\n"
+        "    buf = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(buf):\n"
+        f"        assert main(['--no-prefect', '-q', '--json', '--params', {str(root / 'params.yaml')!r}, step]) == 0\n"
+        "    out[step] = json.loads(buf.getvalue())\n"
+        f"print(json.dumps(dict(embed=out['embed'], heavy=[m for m in {HEAVY!r} if sys.modules.get(m) is not None])))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "PYTHONPATH": str(REPO), "NEGSET_NO_PREFECT": "1"})
@@ -111,3 +117,26 @@ def test_ingest_does_not_read_unchanged_local_files_again(project, monkeypatch):
     again = pq.read_table(layout.ingest / "images.parquet")
     assert ingest.run(params, layout)["unchanged_local"] == 0
     assert pq.read_table(layout.ingest / "images.parquet").equals(again)
+
+
+@pytest.mark.parametrize("allow", ["0", "1"])
+def test_step_processes_run_pyarrow_without_pandas(allow):
+    script = (
+        "import importlib.util, sys\n"
+        "from negset.lean import skip_pandas\n"
+        "done = skip_pandas()\n"
+        "import pyarrow as pa\n"
+        "t = pa.Table.from_pylist([{'a': 1.5, 'b': 'x'}])\n"
+        "assert t.column('a').to_pylist() == [1.5]\n"
+        "try:\n"
+        "    import pandas\n"
+        "    loaded = True\n"
+        "except ImportError:\n"
+        "    loaded = False\n"
+        "print(done, loaded, importlib.util.find_spec('pandas') is not None)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO), "NEGSET_ALLOW_PANDAS": allow})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # pandas stays installed (find_spec sees it) but is not loaded, unless NEGSET_ALLOW_PANDAS=1
+    assert proc.stdout.split() == (["True", "False", "True"] if allow == "0" else ["False", "True", "True"])
