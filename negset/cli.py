@@ -167,8 +167,10 @@ def _run(args) -> dict:
 
         return refresh(root=root)
     if args.no_prefect:
+        from negset.lean import skip_pandas
         from negset.lock import project_lock
 
+        skip_pandas()  # the steps never use pandas; pyarrow would import it anyway
         with project_lock(Path(root) / "data", f"negset {args.command}"):
             if args.command == "build":
                 return {step: run_step(step, params_path, root) for step in STEPS}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+from negset import parquet as pq
 
 from negset import atomic
 from negset.config import Embed, Params
@@ -123,7 +123,7 @@ class Embedder:
 
     def use_onnx(self, cache_dir: Path, threads: int = 0) -> None:
         """Export the model to ONNX once (cached by model hash) and run it with ONNX Runtime."""
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (no onnxruntime: ImportError before any export work)
         import torch
 
         path = Path(cache_dir) / f"{model_hash(self)}.onnx"
@@ -150,6 +150,12 @@ class Embedder:
                     module, (example,), str(tmp), input_names=["images"], output_names=outputs,
                     dynamic_axes=axes, opset_version=17, dynamo=False,
                 )
+        self.open_onnx(path, threads)
+
+    def open_onnx(self, path: Path, threads: int = 0) -> None:
+        """Run an exported model file with ONNX Runtime (no torch needed)."""
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
@@ -157,6 +163,48 @@ class Embedder:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.runtime = "onnx"
         self.device = "cpu"
+
+
+def _gpu_possible() -> bool:
+    """Whether torch could see a GPU here (device nodes of NVIDIA or ROCm drivers), without importing torch."""
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists() or Path("/proc/driver/nvidia").exists()
+
+
+def cached_onnx_embedder(cfg: Embed, layout: Layout, key: str) -> Embedder | None:
+    """The default model on ONNX Runtime from its cached export (data/cache/onnx/<model hash>.onnx).
+
+    Built from the recorded identity (weights sha256, preprocessing), so it
+    needs neither torch nor timm: a refresh with a few new images skips
+    their ~2-4 s import and the model build. None when the export is not
+    cached yet, another model or runtime is asked for, or a GPU may be present
+    (``device: auto`` then asks torch).
+    """
+    if cfg.model != DEFAULT_MODEL or cfg.runtime == "torch" or cfg.device == "cuda":
+        return None
+    if cfg.device == "auto" and _gpu_possible():
+        return None
+    path = layout.data / "cache" / "onnx" / f"{key}.onnx"
+    if not path.is_file():
+        return None
+    identity = quick_identity(cfg, layout.root)
+    if identity is None or identity_hash(identity) != key:
+        return None
+    emb = Embedder(
+        name=DEFAULT_MODEL, features=None, head=None, image_size=int(identity["image_size"]),
+        crop_pct=float(identity["crop_pct"]), interpolation=str(identity["interpolation"]),
+        mean=tuple(identity["mean"]), std=tuple(identity["std"]), weights_file=identity["weights_file"],
+        weights_sha256=identity["weights_sha256"], extra=dict(arch=identity["arch"]),
+    )
+    if model_hash(emb) != key:  # pragma: no cover - the identity fields map one to one
+        return None
+    try:
+        emb.open_onnx(path, cfg.threads)
+    except ImportError:
+        return None
+    except Exception as exc:  # an unreadable export: rebuild it through torch
+        log.warning("embed: cached ONNX model %s unusable (%s); rebuilding it", path, exc)
+        return None
+    return emb
 
 
 def choose_runtime(emb: Embedder, cfg: Embed, cache_dir: Path) -> Embedder:
@@ -480,14 +528,18 @@ class EmbeddingCache:
 
 def _embed_into(cache: EmbeddingCache, key: str, cfg: Embed, layout: Layout, todo: list[dict], emb=None) -> list[dict]:
     """Embed ``todo`` (dicts with sha256 and uri) into ``cache``; return the rejected ones."""
-    import torch
+    fast = cached_onnx_embedder(cfg, layout, key) if emb is None else None
+    if fast is not None:  # the exported model is cached: no torch, no timm
+        emb = fast
+    else:
+        import torch
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    emb = emb or load_embedder(cfg, layout.root)
-    if model_hash(emb) != key:
-        raise NegsetError(f"embed.model: {cfg.model}: the loaded model does not match its recorded identity")
-    choose_runtime(emb, cfg, layout.data / "cache" / "onnx")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        emb = emb or load_embedder(cfg, layout.root)
+        if model_hash(emb) != key:
+            raise NegsetError(f"embed.model: {cfg.model}: the loaded model does not match its recorded identity")
+        choose_runtime(emb, cfg, layout.data / "cache" / "onnx")
     log.info("embed: %s on %s (%s)", emb.name, emb.device, emb.runtime)
     rejected: list[dict] = []
     pending: list[dict] = []

@@ -36,6 +36,7 @@ from negset.layout import Layout
 from negset.progress import track
 from negset.sources import FetchError, Previous, SourceObject, build_sources, fetch
 from negset.sources.local import LocalSource
+from negset.statcache import KnownImage, LocalStatCache
 
 log = logging.getLogger("negset.ingest")
 
@@ -128,6 +129,7 @@ def run(params: Params, layout: Layout) -> dict:
     seen_uris: set[str] = set()
 
     journal = Journal(layout)
+    known = LocalStatCache(layout)
 
     def pin_row(obj: SourceObject, sha: str, status: str, reason: str = "", size: int | None = None) -> None:
         pin = dict(
@@ -158,13 +160,19 @@ def run(params: Params, layout: Layout) -> dict:
             else:
                 reject(obj, "unreadable", str(error))
             return
-        sha = atomic.sha256_bytes(data)
-        try:
-            info = probe(data, cfg.max_image_pixels)
-        except ImageRejected as exc:
-            reject(obj, "not_image", exc.reason, sha, len(data))
-            return
-        pin_row(obj, sha, "image", size=len(data))
+        if isinstance(data, KnownImage):  # an unchanged local file: not read again
+            sha, info, nbytes = data.sha256, data.info, data.size
+        else:
+            sha = atomic.sha256_bytes(data)
+            try:
+                info = probe(data, cfg.max_image_pixels)
+            except ImageRejected as exc:
+                reject(obj, "not_image", exc.reason, sha, len(data))
+                return
+            nbytes = len(data)
+            if path is not None:
+                known.record(path, data, sha, info)
+        pin_row(obj, sha, "image", size=nbytes)
         is_positive = path in positives.paths if path is not None else obj.uri in positives.uris
         row = rows.get(sha)
         if row is not None:  # same bytes seen before: one image, positive if any copy is
@@ -172,7 +180,8 @@ def run(params: Params, layout: Layout) -> dict:
             if is_positive:
                 row["role"] = "positive"
             return
-        store_object(layout, sha, data)
+        if not isinstance(data, KnownImage):  # (a known image's object is stored: lookup checked)
+            store_object(layout, sha, data)
         image_boxes = labels.boxes.get(path) if (labels and path is not None) else None
         classes = sorted({b.cls for b in image_boxes}) if image_boxes is not None else []
         rows[sha] = dict(
@@ -180,7 +189,7 @@ def run(params: Params, layout: Layout) -> dict:
             uri=obj.uri,
             source=obj.source,
             version=obj.pin.version_id or obj.pin.etag or obj.version,
-            size=len(data),
+            size=nbytes,
             format=info.format,
             width=info.width,
             height=info.height,
@@ -194,9 +203,20 @@ def run(params: Params, layout: Layout) -> dict:
         for b in image_boxes or ():
             boxes.append(dict(sha256=sha, cls=b.cls, x0=b.x0, y0=b.y0, x1=b.x1, y1=b.y1, crowd=b.crowd))
 
+    def unchanged_or_read(objects):
+        for obj in objects:
+            hit = known.lookup(obj.local_path, cfg.max_image_pixels) if obj.local_path is not None else None
+            if hit is not None:
+                yield obj, hit, None
+            else:
+                yield from fetch([obj], 1)
+
     def all_objects():
         for src in sources:
-            yield from fetch(src.list(), getattr(src, "workers", 1))
+            if isinstance(src, LocalSource):
+                yield from unchanged_or_read(src.list())
+            else:
+                yield from fetch(src.list(), getattr(src, "workers", 1))
 
     for obj, data, error in track(all_objects(), None, "ingest", nbytes=lambda item: len(item[1] or b"")):
         take(obj, data, error)
@@ -248,6 +268,7 @@ def run(params: Params, layout: Layout) -> dict:
     atomic.write_parquet(pa.Table.from_pylist(pins, schema=PINS_SCHEMA), layout.ingest / "pins.parquet")
     journal.close(done=True)  # pins.parquet holds it all now
     pruned = _prune_objects(layout, set(rows))
+    known.save()
     summary = dict(
         target=list(cfg.target),
         sources=[s.name for s in sources],
@@ -266,7 +287,9 @@ def run(params: Params, layout: Layout) -> dict:
         log.info("ingest: %d downloaded, %d reused, %d left the pool, %d stored objects pruned",
                  fetched.get("downloaded", 0), fetched.get("reused", 0), removed, pruned)
     # what this run did (not written to summary.json, which must not change when the pool does not)
-    return dict(summary, fetch=fetched, removed=removed)
+    if known.reused:
+        log.info("ingest: %d unchanged local files not read again", known.reused)
+    return dict(summary, fetch=fetched, removed=removed, unchanged_local=known.reused)
 
 
 class Journal:
@@ -327,7 +350,7 @@ def _update_history(layout: Layout, previous: Previous, pins: list[dict]) -> int
     """
     import datetime as _dt
 
-    import pyarrow.parquet as pq
+    from negset import parquet as pq
 
     path = layout.ingest / "history.parquet"
     old_rows = pq.read_table(path).to_pylist() if path.is_file() else []

@@ -28,7 +28,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+from negset import parquet as pq
 
 from negset import atomic
 from negset.config import Params
@@ -295,16 +295,31 @@ def stratum_of(tag: dict, axes: list[str]) -> str:
 
 
 class _Thumbs:
-    """Thumbnails by sha256, each encoded once."""
+    """Thumbnails by sha256, each encoded once, and kept across runs in data/cache/thumbs/<px>/
+    (they depend on the pixels alone): a refresh decodes only images it has not shown before."""
 
     def __init__(self, layout: Layout):
+        from negset.shacache import ShaCache
+
         self.layout = layout
         self.cache: dict[str, str | None] = {}
+        self.stored = ShaCache(layout.data / "cache" / "thumbs" / str(THUMB_PX))
+        self.new: dict[str, dict] = {}
 
     def uri(self, sha: str) -> str | None:
         if sha not in self.cache:
-            self.cache[sha] = thumbnail_uri(self.layout.object_path(sha))
+            row = self.stored.get(sha, {"uri"})
+            if row is not None:
+                self.cache[sha] = row["uri"]
+            else:
+                self.cache[sha] = thumbnail_uri(self.layout.object_path(sha))
+                if self.cache[sha] is not None:  # an undecodable file is tried again next time
+                    self.new[sha] = {"uri": self.cache[sha]}
         return self.cache[sha]
+
+    def save(self) -> None:
+        self.stored.add(self.new)
+        self.new = {}
 
     def figure(self, sha: str | None, caption: str, cls: str, title: str = "", path: Path | None = None) -> str:
         src = self.uri(sha) if sha else (thumbnail_uri(path) if path is not None else None)
@@ -622,6 +637,7 @@ def render(layout: Layout, d: dict | None = None) -> str:
             section_manifest(d),
         ]
     )
+    th.save()
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'

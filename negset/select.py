@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from negset import atomic, catalog, quality
+from negset import atomic, catalog, quality, simmath
 from negset.config import Params, Select
 from negset.layout import Layout
 
@@ -124,7 +124,6 @@ def similarity_to_positives(
     ``exact=None`` picks float32 for small products and bfloat16 (AMX/AVX-512
     where the CPU has them) for large ones.
     """
-    torch = _torch()
     n, m = len(C), len(P)
     topk = np.zeros(n, np.float32)
     best = np.full(n, -1.0, np.float32)
@@ -134,6 +133,9 @@ def similarity_to_positives(
     k = max(1, min(k, m))
     if exact is None:
         exact = n * m <= EXACT_BELOW
+    if n * m <= simmath.NUMPY_BELOW:  # float32 in NumPy: no torch import
+        return simmath.similarity_to_positives(C, P, k, chunk)
+    torch = _torch()
     dtype = torch.float32 if exact else torch.bfloat16
     Pt = torch.from_numpy(np.ascontiguousarray(P, dtype=np.float32)).to(dtype)
     with torch.inference_mode():
@@ -176,12 +178,14 @@ def exact_nearest(C: np.ndarray, P: np.ndarray, rows: np.ndarray, chunk: int = 4
 
 def leave_one_out_similarity(P: np.ndarray, k: int = 5, chunk: int = 4096) -> np.ndarray:
     """Each positive's mean top-k cosine similarity to the *other* positives."""
-    torch = _torch()
     m = len(P)
     if m < 2:
         return np.zeros(m, np.float32)
     k = max(1, min(k, m - 1))
     exact = m * m <= EXACT_PAIRS_BELOW
+    if m * m <= simmath.NUMPY_BELOW:  # float32 in NumPy: no torch import
+        return simmath.leave_one_out_similarity(P, k, chunk)
+    torch = _torch()
     dtype = torch.float32 if exact else torch.bfloat16
     Pt = torch.from_numpy(np.ascontiguousarray(P, dtype=np.float32)).to(dtype)
     out = np.empty(m, np.float32)
@@ -211,11 +215,13 @@ def near_duplicate_groups(V: np.ndarray, order: np.ndarray, threshold: float, ch
     Greedy: a row is kept unless it is within cosine distance ``threshold``
     of a row kept before it, so each group keeps its most preferred image.
     """
-    torch = _torch()
     n = len(order)
     keep_of = np.full(n, -1, np.int64)
     if n < 2:
         return keep_of
+    if n * n <= simmath.NUMPY_BELOW:  # float32 in NumPy: no torch import
+        return simmath.near_duplicate_groups(V, order, threshold, 1.0 - threshold, chunk)
+    torch = _torch()
     X = torch.from_numpy(np.ascontiguousarray(V[order], dtype=np.float32))
     exact = n * n <= EXACT_PAIRS_BELOW
     Xd = X if exact else X.to(torch.bfloat16)

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+from negset import parquet as pq
 
 from negset import atomic
 

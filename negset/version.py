@@ -224,7 +224,14 @@ def mark_pending(root: Path, what: str) -> None:
 def repro(root: Path, force_ingest: bool = True, env: dict | None = None, timeout: float | None = None) -> None:
     """Rebuild what changed. ``force_ingest`` re-lists the sources first (new objects
     in a bucket change no file DVC can see); the later stages run only when their
-    inputs changed."""
+    inputs changed.
+
+    The stages run their steps directly (``NEGSET_NO_PREFECT=1``): the refresh
+    is already orchestrated (the Prefect refresh flow's ``dvc-repro`` task), and a
+    Prefect flow run per stage costs seconds each (a temporary API server per
+    stage without ``PREFECT_API_URL``), more than a small refresh's work. Set
+    ``NEGSET_NO_PREFECT=0`` to keep one flow run per stage."""
+    env = {"NEGSET_NO_PREFECT": os.environ.get("NEGSET_NO_PREFECT", "1"), **(env or {})}
     mark_pending(root, "repro")
     if force_ingest:
         dvc(root, "repro", "--force", "--single-item", "ingest", env=env, timeout=timeout)

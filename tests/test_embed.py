@@ -146,3 +146,40 @@ def test_default_identity_without_building_the_model_matches_timm(embedder):
     assert ident == embedder.identity()
     assert identity_hash(ident) == model_hash(embedder)
     assert embed.imagenet_names()[207] == "golden retriever" and len(embed.imagenet_names()) == 1000
+
+
+def test_cached_onnx_export_embeds_without_torch_and_equals_torch(tmp_path, embedder):
+    """A refresh with an exported model cached embeds on ONNX Runtime without importing torch or timm."""
+    import subprocess
+    import sys
+
+    cfg = Embed(runtime="onnx", device="cpu")
+    layout = Layout.at(tmp_path)
+    key = embed.model_hash(embedder)
+    assert embed.cached_onnx_embedder(cfg, layout, key) is None  # nothing exported yet: the torch path
+    embed.choose_runtime(embed.load_embedder(cfg), cfg, layout.data / "cache" / "onnx")  # exports <key>.onnx
+    photos = [str(p) for p in sorted((SAMPLE / "images").glob("*.jpg"))[:8]]
+    out = tmp_path / "fast.npz"
+    script = (
+        "import json, sys, numpy as np\n"
+        "from negset import embed\n"
+        "from negset.config import Embed\n"
+        "from negset.layout import Layout\n"
+        f"emb = embed.cached_onnx_embedder(Embed(runtime='onnx', device='cpu'), Layout.at({str(tmp_path)!r}), {key!r})\n"
+        f"feats, probs = emb(np.stack([emb.load(p) for p in {photos!r}]))\n"
+        f"np.savez({str(out)!r}, feats=feats, probs=probs)\n"
+        "print(json.dumps(dict(runtime=emb.runtime, hash=embed.model_hash(emb),"
+        " imported=sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info == dict(runtime="onnx", hash=key, imported=[])
+    fast = np.load(out)
+    f_ref, p_ref = embedder(np.stack([embedder.load(p) for p in photos]))
+    assert (1.0 - (f_ref * fast["feats"]).sum(axis=1)).max() < 1e-4
+    assert np.array_equal(p_ref.argmax(axis=1), fast["probs"].argmax(axis=1))
+    # other models, the torch runtime, or cuda never take this path
+    assert embed.cached_onnx_embedder(Embed(runtime="torch", device="cpu"), layout, key) is None
+    assert embed.cached_onnx_embedder(cfg, layout, "0" * 16) is None

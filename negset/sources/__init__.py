@@ -101,7 +101,7 @@ class Previous:
     @classmethod
     def load(cls, layout) -> "Previous":
         path = layout.ingest / "pins.parquet"
-        import pyarrow.parquet as pq
+        from negset import parquet as pq
 
         rows: list[dict] = []
         if path.is_file():
