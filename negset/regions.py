@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from negset import atomic
+from negset import parquet as pq
 from negset.config import Params
 from negset.imageio import load_rgb
 from negset.layout import Layout
@@ -192,9 +192,11 @@ def _fill(params: Params, layout: Layout, model_hash: str, items: list[Item]) ->
     log.info("regions: %d items (%d x %d grid per image, target objects of positives), %d cached, %d to embed",
              len(items), cfg.regions, cfg.regions, len(items) - len(todo), len(todo))
     if todo:
-        from negset.embed import choose_runtime, load_embedder
+        from negset.embed import cached_onnx_embedder, choose_runtime, load_embedder
 
-        emb = choose_runtime(load_embedder(cfg, layout.root), cfg, layout.data / "cache" / "onnx")
+        emb = cached_onnx_embedder(cfg, layout, model_hash)  # no torch when the export is cached
+        if emb is None:
+            emb = choose_runtime(load_embedder(cfg, layout.root), cfg, layout.data / "cache" / "onnx")
         pending: dict = {}
         per = max(1, cfg.regions ** 2)
         batches = -(-len(todo) // max(1, cfg.batch_size // per))
