@@ -1,6 +1,6 @@
 """Incremental refresh and no-op `dvc repro`, against the full build measured in the same run.
 
-    python -m benchmarks.refresh_speed [--images 2000] [--new-share 0.01]
+    python -m benchmarks.refresh_speed [--images 2000] [--new-share 0.01] [--regions 0]
 
 Makes a pool of distinct photos (crops of the sample photos), builds it with
 `dvc repro` in a temporary git + dvc copy of the project, then times a no-op
@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--new-share", type=float, default=0.01)
     ap.add_argument("--keep", action="store_true", help="keep the temporary project (its path is printed)")
+    ap.add_argument("--regions", type=int, default=None,
+                    help="embed.regions for the run (default: params.yaml's, 3 as shipped; 0 = whole images only)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="negset-refresh-"))
     root = tmp / "project"
@@ -87,6 +89,9 @@ def main() -> None:
         {"type": "local", "path": "examples/coco-sample/pool"},
     ]
     params["select"]["count"] = max(8, args.images // 10)
+    if args.regions is not None:
+        params["embed"]["regions"] = args.regions
+    print(f"pool {args.images} images, embed.regions {params['embed'].get('regions', 0)}", flush=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, NEGSET_NO_PREFECT="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=b@n.invalid", "-c", "user.name=b", "commit", "-qm", "x"], [str(BIN / "dvc"), "init", "-q"]):
