@@ -172,16 +172,17 @@ def run(params: Params, layout: Layout) -> dict:
             nbytes = len(data)
             if path is not None:
                 known.record(path, data, sha, info)
-        pin_row(obj, sha, "image", size=nbytes)
         is_positive = path in positives.paths if path is not None else obj.uri in positives.uris
         row = rows.get(sha)
         if row is not None:  # same bytes seen before: one image, positive if any copy is
+            pin_row(obj, sha, "image", size=nbytes)
             row["copies"] += 1
             if is_positive:
                 row["role"] = "positive"
             return
         if not isinstance(data, KnownImage):  # (a known image's object is stored: lookup checked)
             store_object(layout, sha, data)
+        pin_row(obj, sha, "image", size=nbytes)  # after the bytes are stored: the journal never promises more
         image_boxes = labels.boxes.get(path) if (labels and path is not None) else None
         classes = sorted({b.cls for b in image_boxes}) if image_boxes is not None else []
         rows[sha] = dict(
