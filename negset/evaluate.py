@@ -31,7 +31,7 @@ from negset import atomic, catalog, quality
 from negset.config import Params
 from negset.errors import NegsetError
 from negset.layout import Layout
-from negset.select import choose, seeded_keys
+from negset.select import Pool, choose, seeded_keys
 
 log = logging.getLogger("negset.evaluate")
 

@@ -234,12 +234,7 @@ def near_duplicate_groups(V: np.ndarray, order: np.ndarray, threshold: float, ch
             for r, c in zip(rows + start, cols):
                 if c < r:
                     neighbours.setdefault(int(r), []).append(int(c))
-    for r in sorted(neighbours):
-        for c in neighbours[r]:
-            if keep_of[c] == -1 and float(X[r] @ X[c]) >= 1.0 - threshold:
-                keep_of[r] = c
-                break
-    return keep_of
+    return simmath.keep_from_neighbours(keep_of, neighbours, X, threshold)
 
 
 def kcenter_greedy(X: np.ndarray, q: int, centers: np.ndarray | None = None, stop_below: float = 0.0):

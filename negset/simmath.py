@@ -66,6 +66,12 @@ def near_duplicate_groups(V, order: np.ndarray, threshold: float, limit: float, 
         for r, c in zip(rows + start, cols):
             if c < r:
                 neighbours.setdefault(int(r), []).append(int(c))
+    return keep_from_neighbours(keep_of, neighbours, X, threshold)
+
+
+def keep_from_neighbours(keep_of: np.ndarray, neighbours: dict, X, threshold: float) -> np.ndarray:
+    """Greedy groups: row r duplicates the first earlier kept row c in ``neighbours[r]`` within ``threshold``
+    (exact float32 test on X's rows: numpy arrays or torch tensors)."""
     for r in sorted(neighbours):
         for c in neighbours[r]:
             if keep_of[c] == -1 and float(X[r] @ X[c]) >= 1.0 - threshold:

@@ -96,6 +96,19 @@ def write_params(root: Path, **sections) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def tag_project(root: Path, params_yaml: str):
+    """Write ``params_yaml`` as root/params.yaml and run ingest, embed and tag in this process."""
+    from negset import embed, ingest, tags
+    from negset.config import load_params
+    from negset.layout import Layout
+
+    (root / "params.yaml").write_text(params_yaml)
+    layout, params = Layout.at(root), load_params(root / "params.yaml")
+    for step in (ingest, embed, tags):
+        step.run(params, layout)
+    return layout, params
+
+
 @pytest.fixture(scope="session")
 def built_project(tmp_path_factory) -> Path:
     """The demo built once per session (``negset --no-prefect build``); copy it before changing it."""

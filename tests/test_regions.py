@@ -8,12 +8,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from negset import catalog, cli, embed, ingest, regions, select, tags
-from negset.config import load_params
+from negset import catalog, cli, embed, regions, select
 from negset.errors import NegsetError
 from negset.evaluate import CONFUSERS
-from negset.layout import Layout
-from tests.conftest import COCO128
+from tests.conftest import COCO128, tag_project
 
 needs_coco128 = pytest.mark.skipif(not COCO128.is_dir(), reason="COCO128 not present")
 
@@ -45,7 +43,8 @@ def test_object_box_is_square_inside_the_image_and_skips_tiny_objects():
 def dogs(tmp_path_factory):
     """COCO128 as a project, target dog, with region embeddings (3 x 3 grid)."""
     root = tmp_path_factory.mktemp("regions")
-    (root / "params.yaml").write_text(
+    layout, params = tag_project(
+        root,
         f"""ingest:
   target: dog
   positives: {{format: yolo, path: {COCO128 / 'labels'}, images: {COCO128 / 'images'}, classes: {COCO128 / 'classes.txt'}}}
@@ -53,12 +52,8 @@ embed:
   regions: 3
 select:
   count: 20
-"""
+""",
     )
-    layout = Layout.at(root)
-    params = load_params(root / "params.yaml")
-    for step in (ingest, embed, tags):
-        step.run(params, layout)
     return root, layout, params
 
 

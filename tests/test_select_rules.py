@@ -14,7 +14,7 @@ from PIL import Image, ImageFilter
 from negset import cli, embed, ingest, quality, select, tags
 from negset.config import Select, load_params
 from negset.layout import Layout
-from tests.conftest import COCO128, SAMPLE, copy_project, write_params
+from tests.conftest import COCO128, SAMPLE, copy_project, write_params, tag_project
 
 # ---------------------------------------------------------------- units
 
@@ -205,18 +205,15 @@ def coco128(tmp_path_factory):
     hidden = dogs[::2]  # every other dog image loses its labels: an unlabelled target image
     for p in hidden:
         p.unlink()
-    (root / "params.yaml").write_text(
+    layout, params = tag_project(
+        root,
         f"""ingest:
   target: dog
   positives: {{format: yolo, path: labels, images: {COCO128 / 'images'}, classes: {COCO128 / 'classes.txt'}}}
 select:
   count: 20
-"""
+""",
     )
-    layout = Layout.at(root)
-    params = load_params(root / "params.yaml")
-    for step in (ingest, embed, tags):
-        step.run(params, layout)
     return root, layout, {p.stem for p in hidden}
 
 

@@ -16,10 +16,10 @@ from PIL.TiffImagePlugin import IFDRational
 
 from negset import catalog, embed, ingest, tagcheck, tags, tagsources
 from negset.cli import main
-from negset.config import Detector, Lighting, Occlusion, load_params
+from negset.config import Lighting, Occlusion, load_params
 from negset.errors import NegsetError
 from negset.layout import Layout
-from tests.conftest import COCO128, REPO, copy_project, write_params
+from tests.conftest import COCO128, REPO, copy_project, write_params, tag_project
 
 SOURCES = {"computed", "annotation", "user"}
 PANOPTIC = COCO128 / "annotations" / "panoptic_train2017.json"
@@ -295,7 +295,8 @@ def test_adjusted_mutual_information_and_purity():
 @pytest.fixture(scope="module")
 def coco128(tmp_path_factory):
     root = tmp_path_factory.mktemp("c128")
-    (root / "params.yaml").write_text(
+    layout, params = tag_project(
+        root,
         f"""ingest:
   target: person
   positives: {{format: coco, path: {COCO128 / 'annotations' / 'instances_train2017.json'}, images: {COCO128 / 'images'}}}
@@ -304,12 +305,8 @@ tag:
     panoptic: {{json: {PANOPTIC}, masks: {COCO128 / 'panoptic'}}}
 select:
   count: 20
-"""
+""",
     )
-    layout = Layout.at(root)
-    params = load_params(root / "params.yaml")
-    for step in (ingest, embed, tags):
-        step.run(params, layout)
     return root, layout
 
 
