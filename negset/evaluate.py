@@ -174,6 +174,7 @@ def evaluate(
         idx = np.flatnonzero(keep)
         positive = np.isin(idx, train_pos)
         pool = base.subset(idx, positive)
+        pool.has_target = tgt[idx]  # the evaluated target (it may differ from ingest's)
         pool.labelled = np.ones(len(idx), bool)
         want = count or cfg.size_for(int(positive.sum()))
         scfg = cfg.model_copy(update={"seed": seed})
