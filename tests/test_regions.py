@@ -130,3 +130,26 @@ def test_selection_records_object_hardness_and_evaluate_reports_a_paired_differe
     assert p["ci95"][0] <= p["mean"] <= p["ci95"][1]
     assert p["better"] + p["same"] + p["worse"] == 4 == sum(d < 0 for d in diffs) + p["same"] + sum(d > 0 for d in diffs)
     assert result["mean"]["chosen_leaks"] == 0
+
+
+@needs_coco128
+def test_evaluate_marks_leaks_by_the_evaluated_target_not_by_ingests(dogs, monkeypatch):
+    from negset import evaluate as ev
+
+    root, layout, params = dogs
+    seen = []
+    real_choose = ev.choose
+
+    def spy(pool, cfg, want):
+        seen.append(pool)
+        return real_choose(pool, cfg, want)
+
+    monkeypatch.setattr(ev, "choose", spy)
+    ev.evaluate(params, layout, "car", seeds=2)
+    rows = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "classes"]).to_pylist()
+    classes = {r["sha256"]: set(r["classes"] or ()) for r in rows}
+    assert len(seen) == 2
+    for pool in seen:
+        expect = np.array(["car" in classes[s] for s in pool.sha256])
+        assert np.array_equal(pool.has_target, expect)  # the dogs (ingest's target) are ordinary candidates here
+        assert any("dog" in classes[s] for s in pool.sha256[~pool.has_target])
