@@ -63,6 +63,22 @@ def write_parquet(table, path: Path) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
+def write_npy(path: Path, array) -> None:
+    """Write one NumPy array as a ``.npy`` file atomically (readable with ``np.load(mmap_mode="r")``)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def write_npz(path: Path, **arrays) -> None:
+    """Write named NumPy arrays as one uncompressed ``.npz`` file atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Build a folder under a temporary name, then swap it in whole."""

@@ -160,6 +160,9 @@ class Embedder:
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # batch sizes vary (a refresh's few new images, region crops): a memory pattern is planned per
+        # input shape, and re-planning made the first calls of each shape up to 2x slower (measured)
+        options.enable_mem_pattern = False
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.runtime = "onnx"
         self.device = "cpu"
@@ -526,8 +529,18 @@ class EmbeddingCache:
             self.rows[r["sha256"]] = r
 
 
-def _embed_into(cache: EmbeddingCache, key: str, cfg: Embed, layout: Layout, todo: list[dict], emb=None) -> list[dict]:
-    """Embed ``todo`` (dicts with sha256 and uri) into ``cache``; return the rejected ones."""
+_READY: dict[tuple, Embedder] = {}
+
+
+def ready_embedder(cfg: Embed, layout: Layout, key: str, emb: Embedder | None = None) -> Embedder:
+    """The embedder of model hash ``key`` on its fastest path, built once per process.
+
+    The whole-image pass and the region pass of one embed step share it (one
+    ONNX session, warmed once). ``emb``: the model already loaded, if any.
+    """
+    memo = (key, cfg.runtime, cfg.device, cfg.threads, str(layout.data))
+    if memo in _READY:
+        return _READY[memo]
     fast = cached_onnx_embedder(cfg, layout, key) if emb is None else None
     if fast is not None:  # the exported model is cached: no torch, no timm
         emb = fast
@@ -540,6 +553,14 @@ def _embed_into(cache: EmbeddingCache, key: str, cfg: Embed, layout: Layout, tod
         if model_hash(emb) != key:
             raise NegsetError(f"embed.model: {cfg.model}: the loaded model does not match its recorded identity")
         choose_runtime(emb, cfg, layout.data / "cache" / "onnx")
+    _READY.clear()  # one model at a time in a long-lived process
+    _READY[memo] = emb
+    return emb
+
+
+def _embed_into(cache: EmbeddingCache, key: str, cfg: Embed, layout: Layout, todo: list[dict], emb=None) -> list[dict]:
+    """Embed ``todo`` (dicts with sha256 and uri) into ``cache``; return the rejected ones."""
+    emb = ready_embedder(cfg, layout, key, emb)
     log.info("embed: %s on %s (%s)", emb.name, emb.device, emb.runtime)
     rejected: list[dict] = []
     pending: list[dict] = []

@@ -299,8 +299,8 @@ class Pool:
     labelled: np.ndarray | None = None  # bool; labelled candidates are known negatives (never quarantined)
     dhash: np.ndarray | None = None  # int64 difference hash (negset.quality.dhash)
     # region embeddings (negset.regions): crops of images and the positives' target objects
-    region_vectors: np.ndarray | None = None  # (r, d) unit rows, float16
-    region_owner: np.ndarray | None = None  # pool row of each region
+    region_vectors: np.ndarray | None = None  # (r, d) unit rows, float16; may be a memmap
+    region_owner: np.ndarray | None = None  # pool row of each region, -1 = none (skipped)
     object_vectors: np.ndarray | None = None  # (m, d) target objects cropped from positives
     object_owner: np.ndarray | None = None  # pool row of each object
 
@@ -316,8 +316,9 @@ class Pool:
         def follow(vectors, owner):
             if vectors is None:
                 return None, None
-            keep = remap[owner] >= 0
-            return vectors[keep], remap[owner][keep]
+            new_owner = owner_rows(owner, remap)
+            keep = new_owner >= 0
+            return vectors[keep], new_owner[keep]
 
         rv, ro = follow(self.region_vectors, self.region_owner)
         ov, oo = follow(self.object_vectors, self.object_owner)
@@ -331,6 +332,12 @@ class Pool:
         )
 
 
+def owner_rows(owner: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """``position[owner]``, where an owner of -1 (no pool row) stays -1."""
+    owner = np.asarray(owner, np.int64)
+    return np.where(owner >= 0, position[np.maximum(owner, 0)], -1) if len(position) else np.full(len(owner), -1)
+
+
 def region_hardness(pool: Pool, rows: np.ndarray, objects: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """Per row: the highest cosine similarity between the image or any of its crops and any target object."""
     O = np.asarray(objects, np.float32).T
@@ -341,11 +348,13 @@ def region_hardness(pool: Pool, rows: np.ndarray, objects: np.ndarray, chunk: in
     if pool.region_vectors is not None and len(pool.region_vectors):
         at = np.full(len(pool.sha256), -1, np.int64)
         at[rows] = np.arange(len(rows))
-        mine = np.flatnonzero(at[pool.region_owner] >= 0)
+        slot = owner_rows(pool.region_owner, at)
+        mine = np.flatnonzero(slot >= 0)
+        # chunk by chunk: region_vectors may be a memory map of regions.npy (memory stays flat)
         for start in range(0, len(mine), chunk):
             part = mine[start : start + chunk]
             sims = (np.asarray(pool.region_vectors[part], np.float32) @ O).max(axis=1)
-            np.maximum.at(out, at[pool.region_owner[part]], sims)
+            np.maximum.at(out, slot[part], sims)
     return out
 
 
@@ -838,7 +847,9 @@ def _regions_of(layout: Layout, row_of: dict) -> dict:
     owner = np.asarray([row_of.get(s, -1) for s in shas], np.int64)
     grid = (kinds == "grid") & (owner >= 0)
     obj = (kinds == "object") & (owner >= 0)
-    return dict(region_vectors=vec[grid], region_owner=owner[grid], object_vectors=vec[obj], object_owner=owner[obj])
+    # the grid crops stay in the memory map (row owner -1 = not a grid crop of this pool); objects are few
+    return dict(region_vectors=vec, region_owner=np.where(grid, owner, -1),
+                object_vectors=np.asarray(vec[obj]), object_owner=owner[obj])
 
 
 def run(params: Params, layout: Layout) -> dict:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from negset import catalog, cli, embed, regions, select
 from negset.errors import NegsetError
 from negset.evaluate import CONFUSERS
+from negset.regions import read_regions
 from tests.conftest import COCO128, tag_project
 
 needs_coco128 = pytest.mark.skipif(not COCO128.is_dir(), reason="COCO128 not present")
@@ -71,18 +73,59 @@ def test_regions_parquet_holds_the_grid_of_every_image_and_the_positives_dogs(do
     assert set(counts) == embedded and set(counts.values()) == {9}
     assert objects and all(images[r["sha256"]]["role"] == "positive" for r in objects)
     assert all("dog" in images[r["sha256"]]["classes"] for r in objects)
-    dim = len(t[0]["vector"])
-    v = np.asarray([r["vector"] for r in t[:50]], np.float32)
-    assert v.shape == (50, dim) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=2e-3)  # float16 unit rows
+    assert [r["row"] for r in t] == list(range(len(t)))
+    shas, kinds, vec = read_regions(layout)
+    assert shas == [r["sha256"] for r in t] and kinds.tolist() == [r["kind"] for r in t]
+    assert vec.dtype == np.float16 and vec.shape[0] == len(t)
+    v = np.asarray(vec[:50], np.float32)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=2e-3)  # float16 unit rows
     # the model info records what was embedded
     info = json.loads((layout.embed / "model.json").read_text())["regions"]
     assert info == dict(grid=3, regions=len(grid), objects=len(objects))
     # a second run embeds nothing: no new cache part, the same output bytes
-    parts = sorted((layout.data / "cache" / "regions").rglob("part-*.parquet"))
-    before = (layout.embed / "regions.parquet").read_bytes()
+    cache = layout.data / "cache" / "regions"
+    parts = sorted(cache.rglob("part-*.npz"))
+    assert parts
+    before = [(layout.embed / n).read_bytes() for n in ("regions.parquet", "regions.npy")]
     embed.run(params, layout)
-    assert sorted((layout.data / "cache" / "regions").rglob("part-*.parquet")) == parts
-    assert (layout.embed / "regions.parquet").read_bytes() == before
+    assert sorted(cache.rglob("part-*.npz")) == parts
+    assert [(layout.embed / n).read_bytes() for n in ("regions.parquet", "regions.npy")] == before
+
+
+@needs_coco128
+def test_region_cache_parts_from_earlier_versions_are_reused(dogs, tmp_path):
+    """A project whose cache holds the older Parquet parts embeds nothing again after an upgrade."""
+    root, layout, params = dogs
+    cache = layout.data / "cache" / "regions"
+    folder = next(p.parent for p in cache.rglob("part-*.npz"))
+    stash = tmp_path / "npz"
+    stash.mkdir()
+    keys, boxes, vecs = [], [], []
+    for part in sorted(folder.glob("part-*.npz")):
+        with np.load(part) as z:
+            keys += z["keys"].tolist()
+            boxes += z["boxes"].tolist()
+            vecs.append(z["vectors"])
+        part.rename(stash / part.name)
+    flat = np.concatenate(vecs)
+    legacy = pa.table({
+        "key": pa.array(keys, pa.string()),
+        "box": pa.array(boxes, pa.list_(pa.int32())),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.float16()), flat.shape[1]),
+    })
+    pq.write_table(legacy, folder / "part-legacy.parquet")
+    before = (layout.embed / "regions.npy").read_bytes()
+    try:
+        embed.run(params, layout)
+        # nothing embedded again: no new part (items without any crop are the only ones a legacy part lacks)
+        new_parts = list(folder.glob("part-*.npz"))
+        assert all(np.load(p)["keys"].size == 0 for p in new_parts)
+        assert (layout.embed / "regions.npy").read_bytes() == before
+    finally:
+        for p in folder.glob("part-*"):
+            p.unlink()
+        for p in stash.iterdir():
+            p.rename(folder / p.name)
 
 
 @needs_coco128
@@ -153,3 +196,33 @@ def test_evaluate_marks_leaks_by_the_evaluated_target_not_by_ingests(dogs, monke
         expect = np.array(["car" in classes[s] for s in pool.sha256])
         assert np.array_equal(pool.has_target, expect)  # the dogs (ingest's target) are ordinary candidates here
         assert any("dog" in classes[s] for s in pool.sha256[~pool.has_target])
+
+
+def test_region_hardness_skips_rows_without_an_owner_and_follows_a_subset():
+    """Region rows owned by no pool image (-1: objects, images left out) never count, also after subset."""
+    rng = np.random.default_rng(3)
+
+    def unit(n):
+        v = rng.normal(size=(n, 8)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    n = 5
+    obj = unit(1)
+    pool = select.Pool(
+        sha256=np.asarray([f"s{i}" for i in range(n)]), vectors=-np.repeat(obj, n, axis=0),  # images far from the object
+        positive=np.zeros(n, bool), has_target=np.zeros(n, bool), stratum=np.zeros(n, np.int64), stratum_names=["all"],
+    )
+    crops = unit(7)
+    crops[6] = obj[0]  # a perfect match, but owned by no pool row
+    crops[2] = 0.8 * obj[0] + 0.6 * unit(1)[0]
+    crops[2] /= np.linalg.norm(crops[2])
+    pool.region_vectors = crops.astype(np.float16)
+    pool.region_owner = np.asarray([0, 0, 3, 1, 4, 2, -1])
+    rows = np.arange(n)
+    h = select.region_hardness(pool, rows, obj)
+    expect = (crops @ obj[0]).astype(np.float32)
+    assert h.max() < 0.99  # the unowned perfect match is not anybody's
+    assert h[3] == pytest.approx(expect[2], abs=2e-3) and h[3] == h.max()
+    sub = pool.subset(np.asarray([3, 1]))
+    assert sub.region_owner.tolist() == [0, 1]  # the crops of rows 3 and 1 only, renumbered (3 -> 0, 1 -> 1)
+    assert select.region_hardness(sub, np.arange(2), obj) == pytest.approx(h[[3, 1]], abs=1e-6)
