@@ -669,4 +669,4 @@ def read_embeddings(layout: Layout) -> tuple[list[str], np.ndarray]:
     shas = t.column("sha256").to_pylist()
     col = t.column("embedding").combine_chunks()
     dim = col.type.list_size
-    return shas, col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    return shas, col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
