@@ -664,9 +664,26 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+_EMBEDDINGS_READ: dict = {}
+
+
 def read_embeddings(layout: Layout) -> tuple[list[str], np.ndarray]:
-    t = pq.read_table(layout.embed / "embeddings.parquet", columns=["sha256", "embedding"])
-    shas = t.column("sha256").to_pylist()
-    col = t.column("embedding").combine_chunks()
-    dim = col.type.list_size
-    return shas, col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+    """(sha256 per row, float32 vectors) of ``data/embed/embeddings.parquet``.
+
+    The vectors are read once per process while the file is unchanged (report
+    asks twice) and are read-only: callers that change them take a copy.
+    """
+    path = layout.embed / "embeddings.parquet"
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _EMBEDDINGS_READ:
+        t = pq.read_table(path, columns=["sha256", "embedding"])
+        shas = t.column("sha256").to_pylist()
+        col = t.column("embedding").combine_chunks()
+        dim = col.type.list_size
+        vectors = col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+        vectors.flags.writeable = False
+        _EMBEDDINGS_READ.clear()
+        _EMBEDDINGS_READ[key] = (shas, vectors)
+    shas, vectors = _EMBEDDINGS_READ[key]
+    return list(shas), vectors

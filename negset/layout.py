@@ -6,6 +6,7 @@ rebuilt from those files by whichever step needs it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,10 @@ class Layout:
     def object_path(self, sha256: str) -> Path:
         return self.objects / sha256[:2] / sha256
 
+    def object_file(self, sha256: str) -> str:
+        """``object_path`` as a string, for hot loops (no pathlib parsing)."""
+        return os.path.join(self.root, "data", "ingest", "objects", sha256[:2], sha256)
+
     # embed
     @property
     def embed(self) -> Path:
@@ -58,9 +63,16 @@ class Layout:
     def catalog(self) -> Path:
         return self.data / "catalog.duckdb"
 
-    def uri(self, path: Path) -> str:
-        """A portable name for a local file: relative to the project when inside it."""
-        path = Path(path).resolve()
+    def uri(self, path: Path, resolved: bool = False) -> str:
+        """A portable name for a local file: relative to the project when inside it.
+
+        ``resolved=True``: ``path`` is already absolute with no symlinks in it.
+        """
+        path = Path(path) if resolved else Path(path).resolve()
+        root = str(self.root)
+        text = str(path)
+        if text.startswith(root + os.sep) and os.sep == "/":
+            return text[len(root) + 1 :]  # the common case, without pathlib's parsing
         try:
             return path.relative_to(self.root).as_posix()
         except ValueError:

@@ -79,7 +79,7 @@ class LocalStatCache:
             return None
         if row["width"] < 1 or row["height"] < 1 or row["width"] * row["height"] > max_pixels:
             return None  # the limit changed: probe it again for the exact verdict
-        if not self.layout.object_path(row["sha256"]).is_file():
+        if not os.path.isfile(self.layout.object_file(row["sha256"])):
             return None
         self.seen[str(path)] = row
         self.reused += 1

@@ -183,3 +183,34 @@ def test_cached_onnx_export_embeds_without_torch_and_equals_torch(tmp_path, embe
     # other models, the torch runtime, or cuda never take this path
     assert embed.cached_onnx_embedder(Embed(runtime="torch", device="cpu"), layout, key) is None
     assert embed.cached_onnx_embedder(cfg, layout, "0" * 16) is None
+
+
+def test_embeddings_file_stores_vectors_byte_split_and_reads_them_back_exactly(tmp_path):
+    """Vector columns skip dictionary encoding and use BYTE_STREAM_SPLIT; the values survive exactly."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    layout = Layout.at(tmp_path)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((50, 16)).astype(np.float32)
+    shas = [f"{i:064x}" for i in range(50)]
+    table = pa.table({
+        "sha256": shas,
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 16),
+        "top5": pa.array([[1, 2, 3, 4, 5]] * 50, pa.list_(pa.int16())),
+    })
+    atomic.write_parquet(table, layout.embed / "embeddings.parquet")
+    meta = pq.ParquetFile(layout.embed / "embeddings.parquet").metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert "BYTE_STREAM_SPLIT" in encodings["embedding.list.element"]
+    assert not any("DICTIONARY" in e for e in encodings["embedding.list.element"])
+    assert any("DICTIONARY" in e for e in encodings["top5.list.element"])  # other columns keep it
+    got_shas, got = embed.read_embeddings(layout)
+    assert got_shas == shas and np.array_equal(got, vectors)
+    assert not got.flags.writeable  # shared between callers in one process
+    again_shas, again = embed.read_embeddings(layout)
+    assert again is got and again_shas == shas and again_shas is not got_shas
+    # a rewritten file is read again, not served from memory
+    atomic.write_parquet(table.set_column(1, "embedding", pa.FixedSizeListArray.from_arrays(pa.array((2 * vectors).ravel()), 16)),
+                         layout.embed / "embeddings.parquet")
+    assert np.array_equal(embed.read_embeddings(layout)[1], 2 * vectors)

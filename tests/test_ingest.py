@@ -74,3 +74,32 @@ def test_empty_source_is_a_clear_error(project):
     write_params(project, ingest={"sources": [{"type": "local", "path": "empty"}]})
     with pytest.raises(NegsetError, match="ingest.sources: no candidate images found in empty"):
         ingest.run(load_params(project / "params.yaml"), Layout.at(project))
+
+
+def test_local_listing_names_files_as_resolving_each_path_would(project, tmp_path):
+    """The per-folder resolve gives every file the uri and path a per-file resolve gives."""
+    from negset.sources.local import LocalSource
+
+    src, imgs = build_source(project)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(imgs[3], outside / "far.jpg")
+    (src / "link-in.jpg").symlink_to(src / "nested" / "photo.dat")  # a link to a file in the source
+    (src / "link-out.jpg").symlink_to(outside / "far.jpg")  # a link to a file outside the project
+    (src / "broken.jpg").symlink_to(src / "gone.jpg")  # skipped
+    (src / "dir-link").symlink_to(outside, target_is_directory=True)  # not followed
+    via = project / "via"
+    via.symlink_to(src, target_is_directory=True)  # the source named through a linked folder
+    layout = Layout.at(project)
+    objs = list(LocalSource(via, layout=layout).list())
+    names = [o.local_path.name for o in objs]
+    assert "gone.jpg" not in names and "far.jpg" in names and len(objs) == 8
+    for o in objs:
+        assert o.local_path.resolve() == o.local_path and o.local_path.is_file()
+        assert o.size == o.local_path.stat().st_size
+        rel = o.local_path.relative_to(project.resolve()).as_posix() if o.local_path.is_relative_to(project.resolve()) else None
+        assert o.uri == (rel if rel is not None else o.local_path.as_uri())
+    by_name = {o.uri: o for o in objs}
+    assert "pool/nested/photo.dat" in by_name and "pool/a.jpg" in by_name
+    assert by_name["pool/nested/photo.dat"].local_path == (src / "nested" / "photo.dat").resolve()
+    assert (outside / "far.jpg").resolve().as_uri() in by_name
