@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 
@@ -35,9 +36,13 @@ class Layout:
     def object_path(self, sha256: str) -> Path:
         return self.objects / sha256[:2] / sha256
 
+    @cached_property
+    def _objects_text(self) -> str:
+        return str(self.objects)
+
     def object_file(self, sha256: str) -> str:
         """``object_path`` as a string, for hot loops (no pathlib parsing)."""
-        return os.path.join(self.root, "data", "ingest", "objects", sha256[:2], sha256)
+        return os.path.join(self._objects_text, sha256[:2], sha256)
 
     # embed
     @property
