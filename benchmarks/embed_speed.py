@@ -14,7 +14,6 @@ import itertools
 import time
 from pathlib import Path
 
-
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "coco-sample" / "images"
 
 
@@ -23,8 +22,8 @@ def naive(paths, threads):
     import torch
     from PIL import Image
 
-    from negset.config import Embed
-    from negset.embed import load_embedder
+    from negset.core.config import Embed
+    from negset.embed.model import load_embedder
 
     torch.set_num_threads(threads)
     emb = load_embedder(Embed())
@@ -43,8 +42,8 @@ def negset_path(paths, threads, runtime, batch):
 
     import torch
 
-    from negset.config import Embed
-    from negset.embed import choose_runtime, embed_files, load_embedder
+    from negset.core.config import Embed
+    from negset.embed.model import choose_runtime, embed_files, load_embedder
 
     torch.set_num_threads(threads)
     cfg = Embed(runtime=runtime, device="cpu", threads=threads, batch_size=batch)

@@ -17,10 +17,12 @@ import logging
 import tempfile
 from pathlib import Path
 
-from negset import embed, ingest, tags
-from negset.config import load_params
-from negset.evaluate import evaluate
-from negset.layout import Layout
+from negset.core.config import load_params
+from negset.core.layout import Layout
+from negset.embed import step as embed
+from negset.ingest import step as ingest
+from negset.tag import step as tags
+from negset.tools.evaluate import evaluate
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128-train"
 

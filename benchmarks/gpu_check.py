@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from negset.config import Embed
-from negset.embed import choose_runtime, embed_files, load_embedder
+from negset.core.config import Embed
+from negset.embed.model import choose_runtime, embed_files, load_embedder
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "coco-sample" / "images"
 

@@ -50,7 +50,7 @@ def start_moto() -> tuple[subprocess.Popen, int]:
 
 
 def baseline(endpoint: str, bucket: str) -> tuple[int, int]:
-    from tests.s3server import s3_client
+    from tests.support.s3server import s3_client
 
     client = s3_client(endpoint)
     n = total = 0
@@ -68,9 +68,9 @@ def spec_for(endpoint: str, bucket: str, workers: int) -> dict:
 
 
 def negset_fetch(endpoint: str, bucket: str, workers: int) -> tuple[int, int]:
-    from negset.config import S3Source as Spec
-    from negset.sources import fetch
-    from negset.sources.s3 import S3Source
+    from negset.core.config import S3Source as Spec
+    from negset.ingest.sources import fetch
+    from negset.ingest.sources.s3 import S3Source
 
     src = S3Source(Spec(**spec_for(endpoint, bucket, workers)))
     n = total = 0
@@ -84,9 +84,9 @@ def negset_fetch(endpoint: str, bucket: str, workers: int) -> tuple[int, int]:
 def negset_ingest(endpoint: str, bucket: str, workers: int) -> tuple[int, int]:
     import yaml
 
-    from negset import ingest
-    from negset.config import load_params
-    from negset.layout import Layout
+    from negset.core.config import load_params
+    from negset.core.layout import Layout
+    from negset.ingest import step as ingest
 
     with tempfile.TemporaryDirectory(prefix="negset-bench-") as tmp:
         root = Path(tmp) / "proj"
@@ -122,7 +122,7 @@ def main() -> None:
         os.environ[name] = value
     os.environ.pop("AWS_PROFILE", None)
 
-    from tests.s3server import FaultProxy, jpeg, put_many, s3_client
+    from tests.support.s3server import FaultProxy, jpeg, put_many, s3_client
 
     proc, port = start_moto()
     try:

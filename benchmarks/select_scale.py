@@ -58,7 +58,7 @@ def generate(folder: Path, n_cand: int, n_pos: int, dim: int, seed: int = 0) -> 
 
 
 def load_pool(folder: Path, n_pos: int):
-    from negset.select import Pool
+    from negset.select.step import Pool
 
     V = np.load(folder / "vectors.npy", mmap_mode="r")
     n = len(V)
@@ -81,8 +81,8 @@ def load_pool(folder: Path, n_pos: int):
 
 
 def run_choose(folder: Path, n_pos: int, count: int) -> dict:
-    from negset.config import Select
-    from negset.select import choose
+    from negset.core.config import Select
+    from negset.select.step import choose
 
     pool = load_pool(folder, n_pos)
     t0 = time.perf_counter()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from negset import tags
-from negset.config import Lighting
-from negset.imageio import load_rgb
+from negset.core.config import Lighting
+from negset.core.imageio import load_rgb
+from negset.tag.lighting import LIGHTING_CLASSES, color_temperature, luminance_stats, pixel_lighting
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "coco-sample" / "images"
@@ -23,12 +23,12 @@ def main() -> None:
     rows = []
     for path in sorted(SAMPLE.glob("*.jpg")):
         image = load_rgb(path, reduce_to=256)
-        st = tags.luminance_stats(image)
-        cls, conf = tags.pixel_lighting(st, cfg)
+        st = luminance_stats(image)
+        cls, conf = pixel_lighting(st, cfg)
         rows.append((path, image, st, cls, conf))
     OUT.mkdir(parents=True, exist_ok=True)
     lines = ["| class | thumbnail | file | confidence | median | std | clipped black / white | colour |", "|---|---|---|---|---|---|---|---|"]
-    for cls in tags.LIGHTING_CLASSES:
+    for cls in LIGHTING_CLASSES:
         members = sorted((r for r in rows if r[3] == cls), key=lambda r: -r[4])[:PER_CLASS]
         label = cls
         if not members:  # show the nearest sample photo, and which rule took it
@@ -42,7 +42,7 @@ def main() -> None:
             lines.append(
                 f"| {label} | ![{path.name}](lighting/{name}) | {path.name} | {conf:.2f} | {st['luma_p50']:.0f} | "
                 f"{st['luma_std']:.0f} | {st['clipped_dark']:.2f} / {st['clipped_bright']:.2f} | "
-                f"{tags.color_temperature(st, cfg)} ({st['rb_ratio']:.2f}) |"
+                f"{color_temperature(st, cfg)} ({st['rb_ratio']:.2f}) |"
             )
     print("\n".join(lines))
 

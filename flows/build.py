@@ -11,7 +11,7 @@ import logging
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from negset.errors import hide_user_error_tracebacks
+from negset.core.errors import hide_user_error_tracebacks
 from negset.pipeline import STEPS
 from tasks.steps import BY_NAME
 

@@ -19,9 +19,9 @@ import socket
 from prefect import flow, task, unmapped
 from prefect_dask import DaskTaskRunner
 
-from negset import embed
-from negset.config import load_params
-from negset.layout import Layout
+from negset.core.config import load_params
+from negset.core.layout import Layout
+from negset.embed import step as embed
 
 
 @task(name="embed-shard", retries=1, retry_delay_seconds=5)

@@ -1,7 +1,7 @@
 """The scheduled refresh: ingest new objects -> dvc repro -> a release when the set changed.
 
 A release is ``dvc push`` + a git commit of ``dvc.lock`` + a tag
-``negatives-YYYYMMDD-N`` (negset/version.py). One refresh at a time: the
+``negatives-YYYYMMDD-N`` (negset/tools/release.py). One refresh at a time: the
 deployment's concurrency limit (prefect.yaml) and the project lock
 (data/.negset.lock), which the `dvc repro` it starts inherits. A failure
 leaves the last release in place and the git work tree clean.
@@ -14,8 +14,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from negset import version
-from negset.lock import child_env, project_lock
+from negset.core.lock import child_env, project_lock
+from negset.tools import release as version
 from tasks import release
 
 

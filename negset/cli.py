@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from negset import __version__
-from negset.errors import NegsetError
+from negset.core.errors import NegsetError
 from negset.pipeline import STEPS
 
 EPILOG = """\
@@ -123,7 +123,7 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _run(args) -> dict:
-    from negset.config import load_params
+    from negset.core.config import load_params
     from negset.pipeline import run_step
 
     params = load_params(args.params)  # fail fast, before any orchestration starts
@@ -132,16 +132,16 @@ def _run(args) -> dict:
     if args.command == "check":
         return params.model_dump(mode="json")
     if args.command in ("export-coco", "export-yolo"):  # quick file writes: no orchestration
-        from negset import exports
-        from negset.layout import Layout
+        from negset.core.layout import Layout
+        from negset.export import formats as exports
 
         layout = Layout.at(root)
         if args.command == "export-coco":
             return exports.coco(params, layout, out=args.out, positives=args.positives, merge=not args.no_merge, image_root=args.image_root)
         return exports.yolo(params, layout, out=args.out)
     if args.command == "evaluate":
-        from negset.evaluate import evaluate, report
-        from negset.layout import Layout
+        from negset.core.layout import Layout
+        from negset.tools.evaluate import evaluate, report
 
         if args.seeds < 1 or (args.count is not None and args.count < 1):
             raise NegsetError("--seeds and --count must be at least 1")
@@ -151,8 +151,8 @@ def _run(args) -> dict:
             print(report(result))
         return result
     if args.command == "check-tags":
-        from negset.layout import Layout
-        from negset.tagcheck import check, report
+        from negset.core.layout import Layout
+        from negset.tools.tagcheck import check, report
 
         result = check(params, Layout.at(root), args.panoptic, args.masks, args.lighting_labels)
         if not args.json:
@@ -160,15 +160,15 @@ def _run(args) -> dict:
         return result
     if args.command == "refresh":  # takes the project lock itself and hands it to `dvc repro`
         if args.no_prefect:
-            from negset.version import refresh
+            from negset.tools.release import refresh
 
             return refresh(root)
         from flows.refresh import refresh
 
         return refresh(root=root)
     if args.no_prefect:
-        from negset.lean import skip_pandas
-        from negset.lock import project_lock
+        from negset.core.lean import skip_pandas
+        from negset.core.lock import project_lock
 
         skip_pandas()  # the steps never use pandas; pyarrow would import it anyway
         with project_lock(Path(root) / "data", f"negset {args.command}"):
@@ -176,7 +176,7 @@ def _run(args) -> dict:
                 return {step: run_step(step, params_path, root) for step in STEPS}
             return run_step(args.command, params_path, root)
     from flows import build as flows_build
-    from negset.lock import project_lock
+    from negset.core.lock import project_lock
 
     with project_lock(Path(root) / "data", f"negset {args.command}"):  # held across all steps of a build
         if args.command == "build":

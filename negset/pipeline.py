@@ -7,12 +7,13 @@ import logging
 import time
 from pathlib import Path
 
-from negset.config import Params, load_params
-from negset.layout import Layout
-from negset.lock import project_lock
+from negset.core.config import Params, load_params
+from negset.core.layout import Layout
+from negset.core.lock import project_lock
 
 STEPS = ("ingest", "embed", "tag", "select", "export", "report")
-_MODULES = {"ingest": "negset.ingest", "embed": "negset.embed", "tag": "negset.tags", "select": "negset.select", "export": "negset.export", "report": "negset.report"}
+# each step's command module: negset/<step>/step.py, with run(params, layout) -> summary
+_MODULES = {name: f"negset.{name}.step" for name in STEPS}
 
 log = logging.getLogger("negset")
 

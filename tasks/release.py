@@ -1,4 +1,4 @@
-"""Prefect tasks around negset.version: the steps of a refresh and a release.
+"""Prefect tasks around negset.tools.release: the steps of a refresh and a release.
 
 Retries only where a failure can pass: the rebuild (a source that does not
 answer) and the push (the remote). A ``NegsetError`` (bad parameters, a dirty
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prefect import task
 
-from negset import version
+from negset.tools import release as version
 from tasks.steps import transient_only
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from prefect import task
 
-from negset import progress
-from negset.errors import NegsetError
+from negset.core import progress
+from negset.core.errors import NegsetError
 from negset.pipeline import run_step
 
 

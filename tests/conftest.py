@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 # the S3 fixtures (moto server on loopback, fault proxy, dummy credentials) for every test module
-pytest_plugins = ["tests.s3server"]
+pytest_plugins = ["tests.support.s3server"]
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "coco-sample"
@@ -98,9 +98,11 @@ def write_params(root: Path, **sections) -> None:
 
 def tag_project(root: Path, params_yaml: str):
     """Write ``params_yaml`` as root/params.yaml and run ingest, embed and tag in this process."""
-    from negset import embed, ingest, tags
-    from negset.config import load_params
-    from negset.layout import Layout
+    from negset.core.config import load_params
+    from negset.core.layout import Layout
+    from negset.embed import step as embed
+    from negset.ingest import step as ingest
+    from negset.tag import step as tags
 
     (root / "params.yaml").write_text(params_yaml)
     layout, params = Layout.at(root), load_params(root / "params.yaml")

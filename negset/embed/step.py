@@ -1,0 +1,174 @@
+"""Step 2, embed: one L2-normalised vector per image (and its ImageNet top-5), cached by sha256 and model hash.
+
+The model and its runtimes are in ``negset.embed.model``; the crops and
+target objects in ``negset.embed.regions``; later steps read the outputs
+through ``negset.embed.store``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from negset.core import atomic
+from negset.core import parquet as pq
+from negset.core.config import Embed, Params
+from negset.core.layout import Layout
+from negset.core.progress import track
+from negset.embed.model import embed_files, identity_hash, load_embedder, quick_identity, ready_embedder
+
+log = logging.getLogger("negset.embed")
+
+
+def _rows_table(rows: list[dict], dim: int) -> pa.Table:
+    flat = np.concatenate([r["embedding"] for r in rows]) if rows else np.zeros(0, np.float32)
+    return pa.table(
+        {
+            "sha256": pa.array([r["sha256"] for r in rows], pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
+            "top1": pa.array([r["top1"] for r in rows], pa.int16()),
+            "top1_prob": pa.array([r["top1_prob"] for r in rows], pa.float32()),
+            "top5": pa.array([r["top5"] for r in rows], pa.list_(pa.int16())),
+        }
+    )
+
+
+class EmbeddingCache:
+    """Vectors by image sha256 for one model hash, in Parquet parts under data/cache/embed/.
+
+    Parts are written atomically as work progresses, so a killed run resumes
+    where it stopped, and no image is embedded twice across refreshes.
+    """
+
+    def __init__(self, layout: Layout, key: str):
+        self.folder = layout.data / "cache" / "embed" / key
+        self.rows: dict[str, dict] = {}
+        for part in sorted(self.folder.glob("part-*.parquet")):
+            try:
+                table = pq.read_table(part)
+            except Exception:  # a part from a crash mid-write cannot exist (atomic), but be safe
+                log.warning("embed cache: ignoring unreadable %s", part)
+                continue
+            dim = table.column("embedding").type.list_size
+            vectors = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+            for i, row in enumerate(table.drop_columns(["embedding"]).to_pylist()):
+                row["embedding"] = vectors[i].astype(np.float32)
+                self.rows[row["sha256"]] = row
+
+    def add(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        # named by content, so workers on other processes or machines can add parts at once
+        name = hashlib.sha256("".join(r["sha256"] for r in rows).encode()).hexdigest()[:24]
+        atomic.write_parquet(_rows_table(rows, len(rows[0]["embedding"])), self.folder / f"part-{name}.parquet")
+        for r in rows:
+            self.rows[r["sha256"]] = r
+
+
+def _embed_into(cache: EmbeddingCache, key: str, cfg: Embed, layout: Layout, todo: list[dict], emb=None) -> list[dict]:
+    """Embed ``todo`` (dicts with sha256 and uri) into ``cache``; return the rejected ones."""
+    emb = ready_embedder(cfg, layout, key, emb)
+    log.info("embed: %s on %s (%s)", emb.name, emb.device, emb.runtime)
+    rejected: list[dict] = []
+    pending: list[dict] = []
+    paths = [layout.object_path(im["sha256"]) for im in todo]
+    batches = -(-len(paths) // cfg.batch_size)
+    for idx, feats, probs, failures in track(embed_files(emb, paths, cfg.batch_size, cfg.threads), batches, "embed batches"):
+        for i, reason in failures.items():
+            rejected.append(dict(uri=todo[i]["uri"], sha256=todo[i]["sha256"], step="embed", rule="undecodable", reason=reason))
+        for j, i in enumerate(idx):
+            order = np.argsort(-probs[j])[:5] if probs is not None else np.zeros(0, np.int64)
+            pending.append(
+                dict(
+                    sha256=todo[i]["sha256"],
+                    embedding=feats[j],
+                    top1=int(order[0]) if len(order) else None,
+                    top1_prob=float(probs[j][order[0]]) if len(order) else None,
+                    top5=order.astype(int).tolist(),
+                )
+            )
+        if len(pending) >= cfg.checkpoint_every:
+            cache.add(pending)
+            pending = []
+    cache.add(pending)
+    return rejected
+
+
+def _identity(cfg: Embed, layout: Layout):
+    identity = quick_identity(cfg, layout.root)
+    emb = None
+    if identity is None:  # other models: their identity needs the model itself
+        emb = load_embedder(cfg, layout.root)
+        identity = emb.identity()
+    return identity, identity_hash(identity), emb
+
+
+def pending(params: Params, layout: Layout) -> list[str]:
+    """sha256 of the ingested images that have no cached vector yet (the work to share out)."""
+    _, key, _ = _identity(params.embed, layout)
+    cache = EmbeddingCache(layout, key)
+    shas = pq.read_table(layout.ingest / "images.parquet", columns=["sha256"]).column("sha256").to_pylist()
+    return [s for s in shas if s not in cache.rows]
+
+
+def embed_shard(params: Params, layout: Layout, shas: list[str]) -> list[dict]:
+    """Embed one shard of images into the shared cache (a distributed worker's unit of work)."""
+    identity, key, emb = _identity(params.embed, layout)
+    cache = EmbeddingCache(layout, key)
+    rows = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "uri"]).to_pylist()
+    uris = {r["sha256"]: r["uri"] for r in rows}
+    todo = [dict(sha256=s, uri=uris.get(s, s)) for s in shas if s not in cache.rows]
+    return _embed_into(cache, key, params.embed, layout, todo, emb) if todo else []
+
+
+def run(params: Params, layout: Layout, compute=None) -> dict:
+    """Embed every ingested image (cached ones are reused).
+
+    ``compute(shas) -> rejected rows`` may do the new work elsewhere (see
+    ``flows/distributed.py``) as long as it fills the same cache.
+    """
+    cfg = params.embed
+    images = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "uri"]).to_pylist()
+    identity, key, emb = _identity(cfg, layout)
+    cache = EmbeddingCache(layout, key)
+    todo = [im for im in images if im["sha256"] not in cache.rows]
+    log.info("embed: %d images, %d cached, %d to embed", len(images), len(images) - len(todo), len(todo))
+    rejected = []
+    n_new = len(todo)
+    if todo and compute is not None:  # e.g. shards on a Dask cluster, filling the same cache
+        rejected = compute([im["sha256"] for im in todo])
+        cache = EmbeddingCache(layout, key)
+        todo = [im for im in todo if im["sha256"] not in cache.rows and im["sha256"] not in {r["sha256"] for r in rejected}]
+    if todo:  # the model is loaded only when there is work for it
+        rejected += _embed_into(cache, key, cfg, layout, todo, emb)
+    rows = [cache.rows[im["sha256"]] for im in images if im["sha256"] in cache.rows]
+    dim = len(rows[0]["embedding"]) if rows else 0
+    info = dict(identity, model_hash=key, dim=dim, torch=_version("torch"), timm=_version("timm"))
+    atomic.write_parquet(_rows_table(rows, max(dim, 1)), layout.embed / "embeddings.parquet")
+    atomic.write_parquet(
+        pa.Table.from_pylist(rejected, schema=pa.schema([(k, pa.string()) for k in ("uri", "sha256", "step", "rule", "reason")])),
+        layout.embed / "rejected.parquet",
+    )
+    from negset.embed import regions
+
+    info["regions"] = regions.run(params, layout, key)
+    atomic.write_json(layout.embed / "model.json", info)
+    embedded_now = n_new - len(rejected)
+    log.info(
+        "embed: %d images embedded (%d new), %d rejected, %d dimensions, model %s (weights sha256 %s)",
+        len(rows), embedded_now, len(rejected), dim, identity["model"], identity["weights_sha256"][:12],
+    )
+    return dict(images=len(rows), embedded_now=embedded_now, rejected=len(rejected), dim=dim,
+                model=identity["model"], weights_sha256=identity["weights_sha256"])
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"

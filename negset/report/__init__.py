@@ -1,0 +1,1 @@
+"""Step 6, report: one offline HTML page and the CSV files behind `dvc plots show`."""

@@ -1,0 +1,232 @@
+"""Region embeddings: crops of every image and the positives' target objects, and object-level hardness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from negset import cli
+from negset.core import catalog
+from negset.core.errors import NegsetError
+from negset.embed import regions
+from negset.embed import step as embed
+from negset.embed.store import read_regions
+from negset.select import step as select
+from negset.tools.evaluate import CONFUSERS
+from tests.conftest import COCO128, tag_project
+
+needs_coco128 = pytest.mark.skipif(not COCO128.is_dir(), reason="COCO128 not present")
+
+
+def test_grid_boxes_cover_the_image_with_overlapping_crops():
+    boxes = regions.grid_boxes(640, 480, 3)
+    assert len(boxes) == 9
+    b = np.asarray(boxes)
+    assert b[:, 0].min() == 0 and b[:, 1].min() == 0 and b[:, 2].max() == 640 and b[:, 3].max() == 480
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    assert (w == round(640 * 1.25 / 3)).all() and (h == round(480 * 1.25 / 3)).all()
+    assert b[1, 0] < b[0, 2]  # neighbours overlap
+    assert regions.grid_boxes(640, 480, 1) == [(0, 0, 640, 480)]
+    assert regions.grid_boxes(640, 480, 0) == []
+
+
+def test_object_box_is_square_inside_the_image_and_skips_tiny_objects():
+    # a box at the right edge: the square crop is shifted inside the frame
+    x0, y0, x1, y1 = regions.object_box((0.8, 0.4, 1.0, 0.6), 640, 480)
+    assert x1 - x0 == y1 - y0 and 0 <= x0 and x1 <= 640 and 0 <= y0 and y1 <= 480
+    assert x1 - x0 == round(0.2 * 640 * (1 + 2 * regions.OBJECT_MARGIN))
+    # a box as large as the image: the crop is the image's shorter side
+    x0, y0, x1, y1 = regions.object_box((0.0, 0.0, 1.0, 1.0), 640, 480)
+    assert (x1 - x0, y1 - y0) == (480, 480)
+    assert regions.object_box((0.5, 0.5, 0.52, 0.52), 640, 480) is None  # 13 x 10 pixels
+
+
+@pytest.fixture(scope="module")
+def dogs(tmp_path_factory):
+    """COCO128 as a project, target dog, with region embeddings (3 x 3 grid)."""
+    root = tmp_path_factory.mktemp("regions")
+    layout, params = tag_project(
+        root,
+        f"""ingest:
+  target: dog
+  positives: {{format: yolo, path: {COCO128 / 'labels'}, images: {COCO128 / 'images'}, classes: {COCO128 / 'classes.txt'}}}
+embed:
+  regions: 3
+select:
+  count: 20
+""",
+    )
+    return root, layout, params
+
+
+@needs_coco128
+def test_regions_parquet_holds_the_grid_of_every_image_and_the_positives_dogs(dogs):
+    root, layout, params = dogs
+    t = pq.read_table(layout.embed / "regions.parquet").to_pylist()
+    images = {r["sha256"]: r for r in pq.read_table(layout.ingest / "images.parquet").to_pylist()}
+    embedded = set(pq.read_table(layout.embed / "embeddings.parquet").column("sha256").to_pylist())
+    grid = [r for r in t if r["kind"] == "grid"]
+    objects = [r for r in t if r["kind"] == "object"]
+    counts: dict[str, int] = {}
+    for r in grid:
+        counts[r["sha256"]] = counts.get(r["sha256"], 0) + 1
+    assert set(counts) == embedded and set(counts.values()) == {9}
+    assert objects and all(images[r["sha256"]]["role"] == "positive" for r in objects)
+    assert all("dog" in images[r["sha256"]]["classes"] for r in objects)
+    assert [r["row"] for r in t] == list(range(len(t)))
+    shas, kinds, vec = read_regions(layout)
+    assert shas == [r["sha256"] for r in t] and kinds.tolist() == [r["kind"] for r in t]
+    assert vec.dtype == np.float16 and vec.shape[0] == len(t)
+    v = np.asarray(vec[:50], np.float32)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=2e-3)  # float16 unit rows
+    # the model info records what was embedded
+    info = json.loads((layout.embed / "model.json").read_text())["regions"]
+    assert info == dict(grid=3, regions=len(grid), objects=len(objects))
+    # a second run embeds nothing: no new cache part, the same output bytes
+    cache = layout.data / "cache" / "regions"
+    parts = sorted(cache.rglob("part-*.npz"))
+    assert parts
+    before = [(layout.embed / n).read_bytes() for n in ("regions.parquet", "regions.npy")]
+    embed.run(params, layout)
+    assert sorted(cache.rglob("part-*.npz")) == parts
+    assert [(layout.embed / n).read_bytes() for n in ("regions.parquet", "regions.npy")] == before
+
+
+@needs_coco128
+def test_region_cache_parts_from_earlier_versions_are_reused(dogs, tmp_path):
+    """A project whose cache holds the older Parquet parts embeds nothing again after an upgrade."""
+    root, layout, params = dogs
+    cache = layout.data / "cache" / "regions"
+    folder = next(p.parent for p in cache.rglob("part-*.npz"))
+    stash = tmp_path / "npz"
+    stash.mkdir()
+    keys, boxes, vecs = [], [], []
+    for part in sorted(folder.glob("part-*.npz")):
+        with np.load(part) as z:
+            keys += z["keys"].tolist()
+            boxes += z["boxes"].tolist()
+            vecs.append(z["vectors"])
+        part.rename(stash / part.name)
+    flat = np.concatenate(vecs)
+    legacy = pa.table({
+        "key": pa.array(keys, pa.string()),
+        "box": pa.array(boxes, pa.list_(pa.int32())),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.float16()), flat.shape[1]),
+    })
+    pq.write_table(legacy, folder / "part-legacy.parquet")
+    before = (layout.embed / "regions.npy").read_bytes()
+    try:
+        embed.run(params, layout)
+        # nothing embedded again: no new part (items without any crop are the only ones a legacy part lacks)
+        new_parts = list(folder.glob("part-*.npz"))
+        assert all(np.load(p)["keys"].size == 0 for p in new_parts)
+        assert (layout.embed / "regions.npy").read_bytes() == before
+    finally:
+        for p in folder.glob("part-*"):
+            p.unlink()
+        for p in stash.iterdir():
+            p.rename(folder / p.name)
+
+
+@needs_coco128
+def test_region_hardness_ranks_the_dogs_confusers_higher_than_whole_image_similarity(dogs):
+    root, layout, params = dogs
+    with catalog.connect(layout) as con:
+        pool = select.load_pool(con, layout, list(params.select.strata))
+        rows = con.sql("SELECT sha256, classes FROM images ORDER BY sha256").fetchall()
+    assert [r[0] for r in rows] == pool.sha256.tolist()
+    confuser = np.array([bool(set(c or ()) & set(CONFUSERS["dog"])) and "dog" not in (c or ()) for _, c in rows])
+    cand = np.flatnonzero(~pool.positive & ~pool.has_target)
+    share = {}
+    for how in ("image", "regions"):
+        choice = select.choose(pool, params.select.model_copy(update={"hardness": how}), 20)
+        assert choice.hardness_by == how
+        h = choice.hardness[cand]
+        percentile = (h[:, None] > h[None, :]).mean(axis=1)
+        share[how] = float(percentile[confuser[cand]].mean())
+    print(f"\nmean hardness percentile of the {int(confuser[cand].sum())} confuser images (cat, horse, ...): "
+          f"whole image {share['image']:.2f}, regions {share['regions']:.2f}")
+    assert share["regions"] > share["image"] + 0.1
+    # without region vectors, hardness: regions is a clear error
+    bare = pool.subset(np.arange(len(pool.sha256)))
+    bare.object_vectors = bare.object_owner = None
+    with pytest.raises(NegsetError, match="select.hardness"):
+        select.choose(bare, params.select.model_copy(update={"hardness": "regions"}), 20)
+    assert select.choose(bare, params.select, 20).hardness_by == "image"  # auto falls back
+
+
+@needs_coco128
+def test_selection_records_object_hardness_and_evaluate_reports_a_paired_difference(dogs, capsys):
+    root, layout, params = dogs
+    summary = select.run(params, layout)
+    assert summary["hardness"] == "regions"
+    rows = pq.read_table(layout.select / "selection.parquet").to_pylist()
+    assert len(rows) == 20 and all("object similarity" in r["reason"] for r in rows)
+    assert all(-1 <= r["hardness"] <= 1 for r in rows)
+    assert cli.main(["--params", str(root / "params.yaml"), "evaluate", "--target", "car", "--seeds", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "paired difference chosen - random" in out and "hardness: regions" in out
+    result = json.loads((layout.data / "evaluate" / "car.json").read_text())
+    diffs = [s["chosen_fpr"] - s["random_fpr"] for s in result["per_seed"]]
+    p = result["paired"]
+    assert p["mean"] == pytest.approx(np.mean(diffs))
+    assert p["ci95"][0] <= p["mean"] <= p["ci95"][1]
+    assert p["better"] + p["same"] + p["worse"] == 4 == sum(d < 0 for d in diffs) + p["same"] + sum(d > 0 for d in diffs)
+    assert result["mean"]["chosen_leaks"] == 0
+
+
+@needs_coco128
+def test_evaluate_marks_leaks_by_the_evaluated_target_not_by_ingests(dogs, monkeypatch):
+    from negset.tools import evaluate as ev
+
+    root, layout, params = dogs
+    seen = []
+    real_choose = ev.choose
+
+    def spy(pool, cfg, want):
+        seen.append(pool)
+        return real_choose(pool, cfg, want)
+
+    monkeypatch.setattr(ev, "choose", spy)
+    ev.evaluate(params, layout, "car", seeds=2)
+    rows = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "classes"]).to_pylist()
+    classes = {r["sha256"]: set(r["classes"] or ()) for r in rows}
+    assert len(seen) == 2
+    for pool in seen:
+        expect = np.array(["car" in classes[s] for s in pool.sha256])
+        assert np.array_equal(pool.has_target, expect)  # the dogs (ingest's target) are ordinary candidates here
+        assert any("dog" in classes[s] for s in pool.sha256[~pool.has_target])
+
+
+def test_region_hardness_skips_rows_without_an_owner_and_follows_a_subset():
+    """Region rows owned by no pool image (-1: objects, images left out) never count, also after subset."""
+    rng = np.random.default_rng(3)
+
+    def unit(n):
+        v = rng.normal(size=(n, 8)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    n = 5
+    obj = unit(1)
+    pool = select.Pool(
+        sha256=np.asarray([f"s{i}" for i in range(n)]), vectors=-np.repeat(obj, n, axis=0),  # images far from the object
+        positive=np.zeros(n, bool), has_target=np.zeros(n, bool), stratum=np.zeros(n, np.int64), stratum_names=["all"],
+    )
+    crops = unit(7)
+    crops[6] = obj[0]  # a perfect match, but owned by no pool row
+    crops[2] = 0.8 * obj[0] + 0.6 * unit(1)[0]
+    crops[2] /= np.linalg.norm(crops[2])
+    pool.region_vectors = crops.astype(np.float16)
+    pool.region_owner = np.asarray([0, 0, 3, 1, 4, 2, -1])
+    rows = np.arange(n)
+    h = select.region_hardness(pool, rows, obj)
+    expect = (crops @ obj[0]).astype(np.float32)
+    assert h.max() < 0.99  # the unowned perfect match is not anybody's
+    assert h[3] == pytest.approx(expect[2], abs=2e-3) and h[3] == h.max()
+    sub = pool.subset(np.asarray([3, 1]))
+    assert sub.region_owner.tolist() == [0, 1]  # the crops of rows 3 and 1 only, renumbered (3 -> 0, 1 -> 1)
+    assert select.region_hardness(sub, np.arange(2), obj) == pytest.approx(h[[3, 1]], abs=1e-6)
