@@ -6,7 +6,7 @@
 Synthetic unit vectors (clusters plus noise, stored as a float16 memmap in a
 temporary folder) stand in for embeddings; 72 strata, labels, quality scores
 and planted near-duplicates of positives (resized-copy-like: positive + small
-noise) make every rule of ``negset.select.choose`` work. Each part runs in
+noise) make every rule of ``negset.select.step.choose`` work. Each part runs in
 its own process so its peak memory (ru_maxrss) is its own:
 
 1. generate the data (not timed);
@@ -58,7 +58,7 @@ def generate(folder: Path, n_cand: int, n_pos: int, dim: int, seed: int = 0) -> 
 
 
 def load_pool(folder: Path, n_pos: int):
-    from negset.select.step import Pool
+    from negset.select.pool import Pool
 
     V = np.load(folder / "vectors.npy", mmap_mode="r")
     n = len(V)
@@ -101,8 +101,8 @@ def run_choose(folder: Path, n_pos: int, count: int) -> dict:
         planted_leaks_rejected=int(np.isin(leaks, np.flatnonzero(choice.status == "near_duplicate")).sum()),
         planted_leaks_chosen=len(chosen & set(leaks.tolist())),
         rejected_by_rule=rules,
-        chosen_by_band={b: choice.band.count(b) for b in set(choice.band)},
-        timings=choice.info["timings"],
+        chosen_by_band={b: sum(p.band == b for p in choice.picks) for b in {p.band for p in choice.picks}},
+        timings=choice.timings,
     )
 
 

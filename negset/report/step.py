@@ -4,8 +4,10 @@ Writes ``data/negatives/report.html``, ONE self-contained file that opens
 offline: inline CSS, inline SVG charts, thumbnails as base64 JPEG ``data:``
 URIs, no script and a Content-Security-Policy that forbids every request
 other than ``data:`` images. It shows the strata of positives and negatives
-side by side, the hardness histogram (each image's mean top-5 cosine
-similarity to the positives, ``pos_similarity``), thumbnails per stratum,
+side by side, the hardness histogram (the hardness the bands used, read
+from ``data/select/scores.parquet``: object similarity with region
+embeddings, else the mean top-k cosine similarity to the positives),
+thumbnails per stratum,
 the hardest negatives beside their nearest positive, the rejected images
 by rule, the quarantine (``data/select/quarantine.csv`` when present) and
 the run record (parameters, model, weights hash, seed, source versions).
@@ -27,8 +29,6 @@ import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
-
 from negset.core import atomic
 from negset.core import parquet as pq
 from negset.core.config import Params
@@ -45,6 +45,8 @@ EXAMPLES_PER_RULE = 6
 MAX_QUARANTINE = 60
 MAX_MANIFEST_ROWS = 500
 BINS = 20
+# scores.parquet statuses the hardness chart leaves out of "pool not chosen"
+NOT_IN_POOL_CHART = ("positive", "chosen", "target_label")
 
 POS_COLOR = "#3b6fb6"
 NEG_COLOR = "#e07b24"
@@ -155,7 +157,7 @@ def bar_chart(title: str, rows: list[tuple[str, float, float]], names: tuple[str
     return "".join(parts)
 
 
-def histogram_svg(edges: list[float], series: list[tuple[str, list[int], str]], title: str) -> str:
+def histogram_svg(edges: list[float], series: list[tuple[str, list[int], str]], title: str, x_label: str) -> str:
     """Side-by-side histogram bars per bin; each series shown as its share of its own total."""
     width, height, left, bottom, top = 640, 260, 44, 36, 12
     plot_w, plot_h = width - left - 12, height - bottom - top
@@ -187,8 +189,7 @@ def histogram_svg(edges: list[float], series: list[tuple[str, list[int], str]], 
         x = left + i * slot
         parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 14}" text-anchor="middle">{edges[i]:.2f}</text>')
     parts.append(
-        f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">'
-        "hardness: mean top-5 cosine similarity to the positives</text></svg>"
+        f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">{esc(x_label)}</text></svg>'
     )
     return "".join(parts)
 
@@ -233,27 +234,6 @@ def read_quarantine(path: Path) -> list[dict] | None:
         return list(csv.DictReader(fh))
 
 
-def nearest_positives(layout: Layout, roles: dict[str, str], shas: list[str]) -> dict[str, tuple[str, float]]:
-    """For each sha in ``shas``: (sha of its most similar positive, cosine similarity)."""
-    from negset.embed.store import read_embeddings
-
-    all_shas, vectors = read_embeddings(layout)
-    index = {s: i for i, s in enumerate(all_shas)}
-    pos_idx = [i for i, s in enumerate(all_shas) if roles.get(s) == "positive"]
-    if not pos_idx:
-        return {}
-    P = vectors[pos_idx]
-    out = {}
-    want = [s for s in shas if s in index]
-    if not want:
-        return out
-    sims = vectors[[index[s] for s in want]] @ P.T
-    best = np.argmax(sims, axis=1)
-    for s, b, row in zip(want, best, sims):
-        out[s] = (all_shas[pos_idx[int(b)]], float(row[int(b)]))
-    return out
-
-
 def gather(layout: Layout) -> dict:
     neg = layout.negatives
     manifest = _read(neg / "manifest.parquet", "the manifest")
@@ -263,13 +243,8 @@ def gather(layout: Layout) -> dict:
     tags = {r["sha256"]: r for r in _read(layout.tags / "tags.parquet", "the tags")}
     strata = _read(layout.select / "strata.parquet", "the strata table")
     axes = (run.get("params", {}).get("select", {}) or {}).get("strata") or ["lighting", "background", "occlusion"]
-    roles = {r["sha256"]: r["role"] for r in images}
-    from negset.select.step import positive_similarity
-
-    pool_sims = positive_similarity(layout, roles)
-    chosen = {r["sha256"] for r in manifest}
-    eligible = [r for r in images if r["role"] == "candidate" and not r["has_target"]]
-    nearest = nearest_positives(layout, roles, [r["sha256"] for r in manifest])
+    scores = {r["sha256"]: r for r in _read(layout.select / "scores.parquet", "the per-image scores")}
+    chosen = [scores[r["sha256"]] for r in manifest if r["sha256"] in scores]
     return dict(
         manifest=manifest,
         metrics=metrics,
@@ -279,9 +254,14 @@ def gather(layout: Layout) -> dict:
         tags=tags,
         strata=strata,
         axes=axes,
-        pool_hardness=[pool_sims[r["sha256"]] for r in eligible if r["sha256"] in pool_sims and r["sha256"] not in chosen],
-        neg_hardness=[float(r["pos_similarity"]) for r in manifest if r.get("pos_similarity") is not None],
-        nearest=nearest,
+        # the hardness the bands used (select's scores.parquet): chosen vs candidates without the target label
+        hardness_by=next((r["hardness_by"] for r in scores.values()), "image"),
+        top_k=(run.get("params", {}).get("select", {}) or {}).get("top_k", 5),
+        hardness={s: r["hardness"] for s, r in scores.items()},
+        pool_hardness=[r["hardness"] for r in scores.values()
+                       if r["status"] not in NOT_IN_POOL_CHART and r["hardness"] is not None],
+        neg_hardness=[r["hardness"] for r in chosen if r["hardness"] is not None],
+        nearest={r["sha256"]: (r["nearest_positive"], r["nearest_similarity"]) for r in chosen if r["nearest_positive"]},
         rejected=_read_optional(layout.ingest / "rejected.parquet") + _read_optional(layout.select / "rejected.parquet"),
         quarantine=read_quarantine(layout.select / "quarantine.csv"),
     )
@@ -415,9 +395,17 @@ def hardness_bins(d: dict) -> tuple[list[float], list[int], list[int]]:
     return edges, neg, pool
 
 
+def hardness_meaning(d: dict) -> str:
+    """What the hardness the bands used is, in words (select's ``hardness_by``)."""
+    if d["hardness_by"] == "regions":
+        return "object similarity: the best cosine similarity between the image or one of its crops and a target object of the positives"
+    return f"scene similarity: the mean of the top-{d['top_k']} cosine similarities to the positives"
+
+
 def section_hardness(d: dict) -> str:
     edges, neg, pool = hardness_bins(d)
-    svg = histogram_svg(edges, [("negatives", neg, NEG_COLOR), ("pool not chosen", pool, POOL_COLOR)], "hardness histogram")
+    svg = histogram_svg(edges, [("negatives", neg, NEG_COLOR), ("pool not chosen", pool, POOL_COLOR)], "hardness histogram",
+                        "hardness: " + hardness_meaning(d).split(":")[0])
     vals = sorted(d["neg_hardness"])
     stats = ""
     if vals:
@@ -425,11 +413,11 @@ def section_hardness(d: dict) -> str:
         stats = f"negatives: min {vals[0]:.3f}, median {med:.3f}, max {vals[-1]:.3f}. "
     return (
         '<h2 id="hardness">Hardness</h2>'
-        '<p class="note">Hardness of an image = mean of its top-5 cosine similarities to the positives '
-        "(embedding of the run's model). Harder negatives sit further right: they look like the positives "
+        f'<p class="note">Hardness, as the selection\'s bands used it, = {esc(hardness_meaning(d))} '
+        "(embedding of the run's model; data/select/scores.parquet). Harder negatives sit further right: they look like the positives "
         f"without containing the target. {esc(stats)}Bars are shares of each set.</p>"
         f'<div class="legend"><span class="sw" style="background:{NEG_COLOR}"></span>negatives chosen'
-        f'<span class="sw" style="background:{POOL_COLOR}"></span>eligible candidates not chosen</div>'
+        f'<span class="sw" style="background:{POOL_COLOR}"></span>candidates not chosen (all but those labelled with the target)</div>'
         f'<div class="chart">{svg}</div>'
     )
 
@@ -454,7 +442,7 @@ def section_thumbs(d: dict, th: _Thumbs) -> str:
         neg = neg_by.get(s, [])[:PER_STRATUM]
         pos_html = "".join(th.figure(x["sha256"], _name(x["uri"]), "pos", x["uri"]) for x in pos) or '<span class="empty">none</span>'
         neg_html = "".join(
-            th.figure(x["sha256"], f"{_name(x['uri'])} ({x['pos_similarity']:.2f})", "neg", x["reason"]) for x in neg
+            th.figure(x["sha256"], f"{_name(x['uri'])} ({d['hardness'][x['sha256']]:.2f})", "neg", x["reason"]) for x in neg
         ) or '<span class="empty">none</span>'
         parts.append(
             f'<div class="stratum"><h3>{esc(s)}</h3><div class="row">'
@@ -491,7 +479,8 @@ def section_hardest(d: dict, th: _Thumbs) -> str:
             + th.figure(r["sha256"], f"negative: {_name(r['uri'])}", "neg", r["uri"])
             + th.figure(r["nearest_sha"], f"positive: {_name(p.get('uri', r['nearest_sha']))}", "pos", p.get("uri", ""))
             + f'<div class="sim">cosine to the nearest positive <b>{r["nearest_similarity"]:.3f}</b>, '
-            f'hardness {r["pos_similarity"]:.3f}<br>{esc(r["stratum"])}</div></div>'
+            f'hardness {d["hardness"][r["sha256"]]:.3f} ({esc(d["hardness_by"])}), scene similarity {r["pos_similarity"]:.3f}'
+            f'<br>{esc(r["stratum"])}</div></div>'
         )
     parts.append("</div>")
     return "".join(parts)
@@ -597,22 +586,23 @@ def flatten(obj: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def section_manifest(d: dict) -> str:
-    cols = ["uri", "sha256", "version", "stratum", "pos_similarity", "rule", "reason"]
+    cols = ["uri", "sha256", "version", "stratum", "pos_similarity", "hardness", "rule", "reason"]
+    heads = {"pos_similarity": "scene similarity", "hardness": f"hardness ({d['hardness_by']})"}
     rows = []
     for r in d["manifest"][:MAX_MANIFEST_ROWS]:
         cells = []
         for c in cols:
-            v = r.get(c)
+            v = d["hardness"].get(r["sha256"]) if c == "hardness" else r.get(c)
             if c == "sha256":
                 v = str(v)[:12]
             if c == "version" and not v:
                 v = "(local file)"
-            if c == "pos_similarity" and v is not None:
+            if c in heads and v is not None:
                 cells.append(f'<td class="num">{v:.3f}</td>')
                 continue
             cells.append(f"<td>{esc(v)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{esc('hardness' if c == 'pos_similarity' else c)}</th>" for c in cols)
+    head = "".join(f"<th>{esc(heads.get(c, c))}</th>" for c in cols)
     n = len(d["manifest"])
     shown = f" The first {MAX_MANIFEST_ROWS} of {n} rows." if n > MAX_MANIFEST_ROWS else ""
     return (

@@ -7,7 +7,7 @@ class, repeated over seeds:
    and the images of classes easily confused with the target (without the
    target) into a held-out half and a half left in the pool;
 2. choose negatives from the pool with the real selection
-   (:func:`negset.select.choose`, the ``select:`` parameters), and as many
+   (:func:`negset.select.step.choose`, the ``select:`` parameters), and as many
    random negatives from the same pool;
 3. train a linear probe (L2 logistic regression, numpy) on the frozen
    embeddings: train positives vs each negative set;
@@ -31,7 +31,9 @@ from negset.core import atomic, catalog
 from negset.core.config import Params
 from negset.core.errors import NegsetError
 from negset.core.layout import Layout
-from negset.select.step import Pool, choose, seeded_keys
+from negset.select.evidence import seeded_keys
+from negset.select.pool import Pool
+from negset.select.step import choose
 from negset.tag import quality
 
 log = logging.getLogger("negset.evaluate")
@@ -123,7 +125,7 @@ def evaluate(
     count: int | None = None,
     recall: float = 0.95,
 ) -> dict:
-    from negset.select.step import load_pool
+    from negset.select.pool import load_pool
 
     cfg = params.select
     target = target or params.ingest.target[0]
@@ -180,7 +182,7 @@ def evaluate(
         want = count or cfg.size_for(int(positive.sum()))
         scfg = cfg.model_copy(update={"seed": seed})
         choice = choose(pool, scfg, want)
-        hardness_by = choice.hardness_by
+        hardness_by = choice.evidence.hardness_by
         chosen = choice.rows
         cand = np.flatnonzero(~positive & ~tgt[idx])
         order = cand[np.argsort(seeded_keys(pool.sha256[cand], 10_000 + seed), kind="stable")]

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from negset.core import similarity as simmath
-from negset.select import step as select
 from tests.conftest import REPO, copy_built, write_params
 
 HEAVY = ("torch", "timm", "torchvision", "prefect", "pandas", "pyarrow.dataset")
@@ -29,11 +28,11 @@ def test_numpy_similarity_kernels_equal_the_torch_ones(monkeypatch):
     C /= np.linalg.norm(C, axis=1, keepdims=True)
     P = _unit(rng, 40)
     order = rng.permutation(len(C))
-    fast = (select.similarity_to_positives(C.astype(np.float16), P, 5), select.leave_one_out_similarity(P, 5),
-            select.near_duplicate_groups(C, order, 0.05))
+    fast = (simmath.similarity_to_positives(C.astype(np.float16), P, 5), simmath.leave_one_out_similarity(P, 5),
+            simmath.near_duplicate_groups(C, order, 0.05))
     monkeypatch.setattr(simmath, "NUMPY_BELOW", -1)  # every product through torch, as before
-    ref = (select.similarity_to_positives(C.astype(np.float16), P, 5), select.leave_one_out_similarity(P, 5),
-           select.near_duplicate_groups(C, order, 0.05))
+    ref = (simmath.similarity_to_positives(C.astype(np.float16), P, 5), simmath.leave_one_out_similarity(P, 5),
+           simmath.near_duplicate_groups(C, order, 0.05))
     for a, b in zip(fast[0], ref[0]):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert np.array_equal(fast[0][2], ref[0][2])  # the same nearest positive

@@ -16,6 +16,8 @@ from negset.embed import regions
 from negset.embed import step as embed
 from negset.embed.store import read_regions
 from negset.select import step as select
+from negset.select.evidence import region_hardness
+from negset.select.pool import Pool, load_pool
 from negset.tools.evaluate import CONFUSERS
 from tests.conftest import COCO128, tag_project
 
@@ -136,7 +138,7 @@ def test_region_cache_parts_from_earlier_versions_are_reused(dogs, tmp_path):
 def test_region_hardness_ranks_the_dogs_confusers_higher_than_whole_image_similarity(dogs):
     root, layout, params = dogs
     with catalog.connect(layout) as con:
-        pool = select.load_pool(con, layout, list(params.select.strata))
+        pool = load_pool(con, layout, list(params.select.strata))
         rows = con.sql("SELECT sha256, classes FROM images ORDER BY sha256").fetchall()
     assert [r[0] for r in rows] == pool.sha256.tolist()
     confuser = np.array([bool(set(c or ()) & set(CONFUSERS["dog"])) and "dog" not in (c or ()) for _, c in rows])
@@ -144,8 +146,8 @@ def test_region_hardness_ranks_the_dogs_confusers_higher_than_whole_image_simila
     share = {}
     for how in ("image", "regions"):
         choice = select.choose(pool, params.select.model_copy(update={"hardness": how}), 20)
-        assert choice.hardness_by == how
-        h = choice.hardness[cand]
+        assert choice.evidence.hardness_by == how
+        h = choice.evidence.hardness[cand]
         percentile = (h[:, None] > h[None, :]).mean(axis=1)
         share[how] = float(percentile[confuser[cand]].mean())
     print(f"\nmean hardness percentile of the {int(confuser[cand].sum())} confuser images (cat, horse, ...): "
@@ -156,7 +158,7 @@ def test_region_hardness_ranks_the_dogs_confusers_higher_than_whole_image_simila
     bare.object_vectors = bare.object_owner = None
     with pytest.raises(NegsetError, match="select.hardness"):
         select.choose(bare, params.select.model_copy(update={"hardness": "regions"}), 20)
-    assert select.choose(bare, params.select, 20).hardness_by == "image"  # auto falls back
+    assert select.choose(bare, params.select, 20).evidence.hardness_by == "image"  # auto falls back
 
 
 @needs_coco128
@@ -212,7 +214,7 @@ def test_region_hardness_skips_rows_without_an_owner_and_follows_a_subset():
 
     n = 5
     obj = unit(1)
-    pool = select.Pool(
+    pool = Pool(
         sha256=np.asarray([f"s{i}" for i in range(n)]), vectors=-np.repeat(obj, n, axis=0),  # images far from the object
         positive=np.zeros(n, bool), has_target=np.zeros(n, bool), stratum=np.zeros(n, np.int64), stratum_names=["all"],
     )
@@ -223,10 +225,10 @@ def test_region_hardness_skips_rows_without_an_owner_and_follows_a_subset():
     pool.region_vectors = crops.astype(np.float16)
     pool.region_owner = np.asarray([0, 0, 3, 1, 4, 2, -1])
     rows = np.arange(n)
-    h = select.region_hardness(pool, rows, obj)
+    h = region_hardness(pool, rows, obj)
     expect = (crops @ obj[0]).astype(np.float32)
     assert h.max() < 0.99  # the unowned perfect match is not anybody's
     assert h[3] == pytest.approx(expect[2], abs=2e-3) and h[3] == h.max()
     sub = pool.subset(np.asarray([3, 1]))
     assert sub.region_owner.tolist() == [0, 1]  # the crops of rows 3 and 1 only, renumbered (3 -> 0, 1 -> 1)
-    assert select.region_hardness(sub, np.arange(2), obj) == pytest.approx(h[[3, 1]], abs=1e-6)
+    assert region_hardness(sub, np.arange(2), obj) == pytest.approx(h[[3, 1]], abs=1e-6)

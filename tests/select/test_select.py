@@ -13,24 +13,25 @@ from negset.embed import step as embed
 from negset.export import step as export
 from negset.ingest import step as ingest
 from negset.select import step as select
+from negset.select.quotas import allocate
 from negset.tag import step as tags
 from tests.conftest import write_params
 
 
 def test_allocate_proportional_with_largest_remainder():
-    q = select.allocate(10, {"a": 5, "b": 3, "c": 2}, {"a": 99, "b": 99, "c": 99})
+    q = allocate(10, {"a": 5, "b": 3, "c": 2}, {"a": 99, "b": 99, "c": 99})
     assert q == {"a": 5, "b": 3, "c": 2}
-    q = select.allocate(4, {"a": 1, "b": 1, "c": 1}, {"a": 9, "b": 9, "c": 9})
+    q = allocate(4, {"a": 1, "b": 1, "c": 1}, {"a": 9, "b": 9, "c": 9})
     assert sum(q.values()) == 4 and max(q.values()) - min(q.values()) == 1
 
 
 def test_allocate_redistributes_shortfall():
-    q = select.allocate(10, {"a": 8, "b": 1, "c": 1}, {"a": 2, "b": 9, "c": 9})
+    q = allocate(10, {"a": 8, "b": 1, "c": 1}, {"a": 2, "b": 9, "c": 9})
     assert q["a"] == 2 and q["b"] + q["c"] == 8 and abs(q["b"] - q["c"]) <= 1
 
 
 def test_allocate_never_exceeds_capacity_or_uses_unweighted_strata():
-    q = select.allocate(10, {"a": 1, "b": 1, "z": 0}, {"a": 2, "b": 3, "z": 50})
+    q = allocate(10, {"a": 1, "b": 1, "z": 0}, {"a": 2, "b": 3, "z": 50})
     assert q == {"a": 2, "b": 3, "z": 0}
 
 

@@ -16,7 +16,10 @@ from negset.core.config import Select, load_params
 from negset.core.layout import Layout
 from negset.embed import step as embed
 from negset.ingest import step as ingest
+from negset.core.similarity import near_duplicate_groups
 from negset.select import step as select
+from negset.select.picks import kcenter_greedy
+from negset.select.quotas import allocate
 from negset.tag import quality
 from negset.tag import step as tags
 from tests.conftest import COCO128, SAMPLE, copy_project, tag_project, write_params
@@ -29,15 +32,15 @@ def test_kcenter_greedy_picks_the_farthest_and_is_deterministic():
     centres = np.eye(8)[:4]
     x = np.concatenate([c + 0.01 * rng.standard_normal((10, 8)) for c in centres])
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    rows, dist = select.kcenter_greedy(x, 4)
+    rows, dist = kcenter_greedy(x, 4)
     assert rows[0] == 0  # no earlier picks: the first row (callers order rows by a seeded key)
     assert sorted(r // 10 for r in rows) == [0, 1, 2, 3]  # one per group: diverse, not random
-    assert np.array_equal(rows, select.kcenter_greedy(x, 4)[0])
+    assert np.array_equal(rows, kcenter_greedy(x, 4)[0])
     # with earlier picks in groups 0 and 1, the next two come from groups 2 and 3
-    rows2, _ = select.kcenter_greedy(x, 2, centers=x[[0, 10]])
+    rows2, _ = kcenter_greedy(x, 2, centers=x[[0, 10]])
     assert sorted(r // 10 for r in rows2) == [2, 3]
     # everything left is within 0.5 of the picks: stop instead of picking near-duplicates
-    rows3, _ = select.kcenter_greedy(x, 10, stop_below=0.5)
+    rows3, _ = kcenter_greedy(x, 10, stop_below=0.5)
     assert len(rows3) == 4
 
 
@@ -46,17 +49,17 @@ def test_near_duplicate_groups_keep_the_first_of_each_group():
     base = rng.standard_normal((3, 32))
     v = np.concatenate([base, base[:1] + 0.01 * rng.standard_normal((2, 32))])
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    keep_of = select.near_duplicate_groups(v, np.arange(5), threshold=0.05)
+    keep_of = near_duplicate_groups(v, np.arange(5), threshold=0.05)
     assert keep_of.tolist() == [-1, -1, -1, 0, 0]
     # preference order decides who is kept
-    keep_of = select.near_duplicate_groups(v, np.array([3, 0, 1, 2, 4]), threshold=0.05)
+    keep_of = near_duplicate_groups(v, np.array([3, 0, 1, 2, 4]), threshold=0.05)
     assert keep_of.tolist() == [-1, 0, -1, -1, 0]
 
 
 def test_allocate_minimum_per_stratum():
-    q = select.allocate(10, {"a": 97, "b": 2, "c": 1}, {"a": 99, "b": 99, "c": 99}, minimum=2)
+    q = allocate(10, {"a": 97, "b": 2, "c": 1}, {"a": 99, "b": 99, "c": 99}, minimum=2)
     assert q["b"] >= 2 and q["c"] >= 2 and sum(q.values()) == 10
-    q = select.allocate(10, {"a": 97, "b": 2, "c": 1}, {"a": 99, "b": 99, "c": 1}, minimum=2)
+    q = allocate(10, {"a": 97, "b": 2, "c": 1}, {"a": 99, "b": 99, "c": 1}, minimum=2)
     assert q["c"] == 1 and sum(q.values()) == 10
 
 

@@ -1,0 +1,133 @@
+"""What the rules, bands and picks read: each candidate's similarity to the positives.
+
+Computed once per selection, before any rule runs:
+
+- *scene similarity* (``pos_similarity``): mean of the top-k cosine
+  similarities between the whole image and the positives;
+- the nearest positive and its similarity (``nearest_similarity``), exact in
+  float32 wherever a near-duplicate decision depends on it;
+- *hardness*, what the bands rank by: the scene similarity, or (regions
+  embedded, ``select.hardness`` auto/regions) the best match between the image
+  or one of its crops and a target object cropped from a positive;
+- a seeded key per image (first picks, ties, preference inside duplicate groups).
+
+``data/select/scores.parquet`` records these per image, so the report shows
+what the selection used instead of computing it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from negset.core import similarity as sim
+from negset.core.config import Select
+from negset.core.errors import NegsetError
+from negset.select.pool import Pool, owner_rows
+
+
+@dataclass
+class Evidence:
+    pool: Pool
+    cfg: Select
+    positives: np.ndarray  # pool rows of the positives
+    candidates: np.ndarray  # bool per pool row
+    P: np.ndarray  # the positives' vectors, float32
+    pos_similarity: np.ndarray  # float32 per row, NaN for positives
+    nearest_similarity: np.ndarray  # float32 per row, NaN for positives
+    nearest_positive: np.ndarray  # pool row of the nearest positive, -1 = none
+    hardness: np.ndarray  # what the bands use: pos_similarity, or the region-to-object similarity
+    hardness_by: str  # image | regions
+    keys: np.ndarray  # seeded uint64 key per row
+
+    def name_of(self, row: int) -> str:
+        """The uri of a pool row, '?' for none (-1)."""
+        return self.pool.name_of(row) if row >= 0 else "?"
+
+
+def seeded_keys(sha256: np.ndarray | list, seed: int) -> np.ndarray:
+    """A seeded pseudo-random uint64 key per image (splitmix64 of the sha256 prefix and the seed)."""
+    x = np.fromiter((int(s[:16], 16) for s in sha256), dtype=np.uint64, count=len(sha256))
+    with np.errstate(over="ignore"):
+        x = x ^ np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return x
+
+
+def region_hardness(pool: Pool, rows: np.ndarray, objects: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Per row: the highest cosine similarity between the image or any of its crops and any target object."""
+    O = np.asarray(objects, np.float32).T
+    out = np.full(len(rows), -1.0, np.float32)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        out[start : start + len(part)] = (np.asarray(pool.vectors[part], np.float32) @ O).max(axis=1)
+    if pool.region_vectors is not None and len(pool.region_vectors):
+        at = np.full(len(pool.sha256), -1, np.int64)
+        at[rows] = np.arange(len(rows))
+        slot = owner_rows(pool.region_owner, at)
+        mine = np.flatnonzero(slot >= 0)
+        # chunk by chunk: region_vectors may be a memory map of regions.npy (memory stays flat)
+        for start in range(0, len(mine), chunk):
+            part = mine[start : start + chunk]
+            sims = (np.asarray(pool.region_vectors[part], np.float32) @ O).max(axis=1)
+            np.maximum.at(out, slot[part], sims)
+    return out
+
+
+def scene_similarity(pool: Pool, cand_rows: np.ndarray, pos_rows: np.ndarray, P: np.ndarray, cfg: Select):
+    """(mean top-k similarity, nearest similarity, nearest positive row) per pool row (NaN / -1 elsewhere).
+
+    Large pools run in bfloat16; every nearest similarity close to the
+    near-duplicate threshold is then recomputed exactly.
+    """
+    n = len(pool.sha256)
+    topk = np.full(n, np.nan, np.float32)
+    best = np.full(n, np.nan, np.float32)
+    nearest = np.full(n, -1, np.int64)
+    if not (len(pos_rows) and len(cand_rows)):
+        return topk, best, nearest
+    lo, hi = int(cand_rows[0]), int(cand_rows[-1]) + 1
+    # contiguous candidates: a view, no copy; else gathered chunk by chunk
+    C = pool.vectors[lo:hi] if hi - lo == len(cand_rows) else sim.RowView(pool.vectors, cand_rows)
+    t, b, a = sim.similarity_to_positives(C, P, cfg.top_k)
+    if len(cand_rows) * len(pos_rows) > sim.EXACT_BELOW:  # re-check every approximate decision near the threshold
+        close = np.flatnonzero(b >= 1.0 - cfg.leaks.near_duplicate - sim.RECHECK_MARGIN)
+        if len(close):
+            b[close], a[close] = sim.exact_nearest(pool.vectors, P, cand_rows[close])
+    topk[cand_rows], best[cand_rows], nearest[cand_rows] = t, b, pos_rows[a]
+    return topk, best, nearest
+
+
+def object_hardness(pool: Pool, cand_rows: np.ndarray, topk: np.ndarray, cfg: Select) -> tuple[np.ndarray, str]:
+    """(hardness per pool row, 'image' or 'regions'): what ``select.hardness`` asks for and the pool allows."""
+    hard = topk.copy()
+    by = "image"
+    if cfg.hardness != "image" and pool.object_vectors is not None and len(cand_rows):
+        own = pool.object_owner
+        objects = pool.object_vectors[pool.positive[own]] if len(own) else pool.object_vectors[:0]
+        if len(objects):
+            hard[cand_rows] = region_hardness(pool, cand_rows, objects)
+            by = "regions"
+    if cfg.hardness == "regions" and by != "regions":
+        raise NegsetError(
+            "select.hardness: regions needs region embeddings of the pool and target objects (boxes) on the positives",
+            hint="set embed.regions: 3 (and label the positives with boxes), or hardness: auto",
+        )
+    return hard, by
+
+
+def gather_evidence(pool: Pool, cfg: Select) -> Evidence:
+    pos_rows = np.flatnonzero(pool.positive)
+    cand = ~pool.positive
+    cand_rows = np.flatnonzero(cand)
+    P = np.asarray(pool.vectors[pos_rows], dtype=np.float32) if len(pos_rows) else np.zeros((0, 1), np.float32)
+    topk, best, nearest = scene_similarity(pool, cand_rows, pos_rows, P, cfg)
+    hard, by = object_hardness(pool, cand_rows, topk, cfg)
+    return Evidence(
+        pool=pool, cfg=cfg, positives=pos_rows, candidates=cand, P=P,
+        pos_similarity=topk, nearest_similarity=best, nearest_positive=nearest,
+        hardness=hard, hardness_by=by, keys=seeded_keys(pool.sha256, cfg.seed),
+    )

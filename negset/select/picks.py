@@ -1,0 +1,189 @@
+"""The picks: diverse negatives inside each stratum and band, then the shortfall fill.
+
+Inside each cell (stratum x band) the candidates are ordered by a seeded key
+and picked by k-center greedy on the embeddings (each pick the farthest from
+the picks before it in the stratum), or seeded random (``diversity:
+random``). Cells larger than ``KCENTER_POOL_MAX`` are subsampled (seeded);
+cells over ``KCENTER_PROJECT_ABOVE`` values run on a seeded 128-d random
+projection. What the strata could not give is filled from the rest, hardest
+first, skipping near-duplicates of what is chosen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from negset.select.bands import BANDS, Bands
+from negset.select.evidence import Evidence
+from negset.select.quotas import Stratum, band_quotas
+
+KCENTER_POOL_MAX = 20_000  # larger cells are subsampled (seeded) before k-center greedy
+KCENTER_PROJECT_ABOVE = 1e6  # cells with more values (rows x dims): k-center on a 128-d random projection
+KCENTER_DIMS = 128
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One chosen negative and what its reason says."""
+
+    row: int  # pool row
+    rule: str  # quota (a stratum's quota) | fill (the shortfall fill)
+    band: str
+    stratum: str
+    quota: int  # the stratum's quota (0 for a fill)
+    rank: int  # k-center / random pick number inside its cell (fill: inside the fill)
+    distance: float  # cosine distance to the earlier picks at pick time (NaN / inf: none)
+    available: int  # candidates of its cell
+    band_quota: int  # picks asked of its cell
+
+
+def kcenter_greedy(X: np.ndarray, q: int, centers: np.ndarray | None = None, stop_below: float = 0.0):
+    """Pick up to ``q`` rows of X (unit vectors), each the farthest (cosine) from those picked before.
+
+    ``centers`` are earlier picks the new ones must also be far from. The
+    first pick (no centers) is row 0, and ties go to the lower row: order X
+    by a seeded key to make the picks seeded. Stops when the farthest row is
+    under ``stop_below`` from the picks (the rest are near-duplicates).
+    Returns (rows, their distance to the earlier picks at pick time).
+    """
+    n = len(X)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    dist = np.full(n, np.inf, np.float32)
+    if centers is not None and len(centers):
+        dist = (1.0 - (X @ np.asarray(centers, np.float32).T).max(axis=1)).astype(np.float32)
+    picked, at = [], []
+    for _ in range(min(q, n)):
+        j = int(np.argmax(dist))
+        d = float(dist[j])
+        if d == -np.inf or (d < stop_below and np.isfinite(d)):
+            break
+        picked.append(j)
+        at.append(d)
+        # einsum: one thread, no BLAS call overhead (hundreds of small products run here)
+        dist = np.minimum(dist, 1.0 - np.einsum("ij,j->i", X, X[j]))
+        dist[j] = -np.inf
+    return np.asarray(picked, np.int64), np.asarray(at, np.float32)
+
+
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    return X
+
+
+def pick_cell(ev: Evidence, rows: np.ndarray, q: int, chosen: list[int], stop: float) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``q`` of ``rows`` (in seeded order), far from each other and from ``chosen``: (indices into rows, distances)."""
+    cfg = ev.cfg
+    if cfg.diversity != "kcenter":
+        k = min(q, len(rows))
+        return np.arange(k), np.full(k, np.nan, np.float32)
+    V = ev.pool.vectors
+    centers = np.asarray(V[np.sort(np.asarray(chosen, np.int64))], np.float32) if chosen else None
+    by_pos = np.argsort(rows, kind="stable")
+    X = np.empty((len(rows), V.shape[1]), np.float32)
+    X[by_pos] = V[rows[by_pos]]  # read in file order, keep the seeded order
+    if X.size > KCENTER_PROJECT_ABOVE:  # memory-bound: diversity on a seeded random projection
+        R = np.random.default_rng(cfg.seed).standard_normal((X.shape[1], KCENTER_DIMS)).astype(np.float32)
+        X = _unit_rows(X @ R)
+        if centers is not None:
+            centers = _unit_rows(centers @ R)
+    return kcenter_greedy(X, q, centers, stop)
+
+
+def pick_strata(ev: Evidence, eligible: np.ndarray, bands: Bands, strata: list[Stratum],
+                quotas: dict[str, int], stop: float) -> list[Pick]:
+    """Each stratum's quota, split over its bands, picked cell by cell (strata and bands in order)."""
+    rng = np.random.default_rng(ev.cfg.seed)  # one stream for the subsampling of every large cell
+    mix = ev.cfg.bands.mix
+    picks: list[Pick] = []
+    for st in strata:
+        q = quotas.get(st.name, 0)
+        per_band = band_quotas(q, st, mix)
+        s_rows = np.flatnonzero(eligible & (ev.pool.stratum == st.code))  # ascending: one sequential read
+        s_band = bands.code[s_rows]
+        chosen_here: list[int] = []
+        for bi, band in enumerate(BANDS):
+            bq = per_band[band]
+            if bq <= 0:
+                continue
+            rows = s_rows[s_band == bi]
+            rows = rows[np.argsort(ev.keys[rows], kind="stable")]
+            avail = len(rows)
+            if len(rows) > KCENTER_POOL_MAX:
+                rows = np.sort(rng.choice(rows, KCENTER_POOL_MAX, replace=False))
+                rows = rows[np.argsort(ev.keys[rows], kind="stable")]
+            idx, at = pick_cell(ev, rows, bq, chosen_here, stop)
+            for rank, (j, d) in enumerate(zip(idx, at), 1):
+                r = int(rows[j])
+                chosen_here.append(r)
+                picks.append(Pick(r, "quota", band, st.name, q, rank, float(d), avail, bq))
+    return picks
+
+
+def shortfall_fill(ev: Evidence, rest: np.ndarray, bands: Bands, picks: list[Pick], want: int) -> list[Pick]:
+    """What the strata could not give, from ``rest`` (hardest first, then by seeded key), skipping any
+    candidate within ``leaks.near_duplicate`` of a negative already chosen."""
+    missing = want - len(picks)
+    if missing <= 0:
+        return []
+    V = ev.pool.vectors
+    rows = np.flatnonzero(rest)
+    rows = rows[np.lexsort((ev.keys[rows], -ev.hardness[rows]))]
+    limit = 1.0 - ev.cfg.leaks.near_duplicate
+    dim = V.shape[1] if len(V) else 1
+    chosen = np.empty((len(picks) + missing, dim), np.float32)
+    chosen[: len(picks)] = np.asarray(V[np.asarray([p.row for p in picks], np.int64)], np.float32).reshape(-1, dim)
+    n_chosen = len(picks)
+    out: list[Pick] = []
+    for r in rows:
+        if len(out) == missing:
+            break
+        v = np.asarray(V[r], np.float32)
+        if n_chosen and float((chosen[:n_chosen] @ v).max()) >= limit:
+            continue
+        chosen[n_chosen] = v
+        n_chosen += 1
+        out.append(Pick(int(r), "fill", bands.name_of(r), ev.pool.stratum_names[ev.pool.stratum[r]], 0, len(out) + 1,
+                        float("nan"), 0, 0))
+    return out
+
+
+def pick_reason(p: Pick, ev: Evidence, bands: Bands, want: int) -> str:
+    """The sentence ``selection.parquet`` gives for a pick: its hardness and band, its quota, how it was picked."""
+    cfg = ev.cfg
+    scene = float(ev.pos_similarity[p.row])
+    what = (
+        f"object similarity {float(ev.hardness[p.row]):.3f} (best crop vs the positives' target objects), "
+        f"scene similarity {scene:.3f}"
+        if ev.hardness_by == "regions"
+        else f"similarity {scene:.3f} to the positives"
+    )
+    if p.rule == "fill":
+        return (
+            f"shortfall fill: the positives' strata had too few eligible candidates; hardest left "
+            f"({what}, stratum '{p.stratum}'); seed {cfg.seed}"
+        )
+    lo, up = bands.edges(p.band)
+    if cfg.diversity == "kcenter" and np.isfinite(p.distance):
+        how = f"k-center pick {p.rank} of {p.band_quota} from {p.available} (cosine distance {p.distance:.3f} to earlier picks)"
+    else:
+        first = "first k-center" if cfg.diversity == "kcenter" else "seeded random"
+        how = f"{first} pick {p.rank} of {p.band_quota} from {p.available}"
+    return (
+        f"{p.band} negative: {what} (band {lo:.3f}..{up:.3f}); "
+        f"stratum '{p.stratum}' quota {p.quota} of {want} ({cfg.quota}); {how}; seed {cfg.seed}"
+    )
+
+
+def strata_table(strata: list[Stratum], quotas: dict[str, int], picks: list[Pick]) -> list[dict]:
+    """One row per stratum: positives, eligible candidates (per band), quota and negatives chosen (fill included)."""
+    chosen: dict[str, int] = {}
+    for p in picks:
+        chosen[p.stratum] = chosen.get(p.stratum, 0) + 1
+    return [
+        dict(stratum=s.name, positives=s.positives, available=s.available, available_hard=s.by_band[0],
+             available_medium=s.by_band[1], available_context=s.by_band[2], quota=int(quotas.get(s.name, 0)),
+             chosen=chosen.get(s.name, 0))
+        for s in strata
+    ]

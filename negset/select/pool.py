@@ -1,0 +1,138 @@
+"""The pool select works on: one row per image (positives and candidates), as arrays.
+
+:func:`load_pool` reads it from the image catalog, the tags, the embeddings
+and (when embedded) the region crops; vectors stay a float16 memory map where
+they are one, so a pool of a million candidates never becomes Python lists.
+``negset.tools.evaluate`` reads pools through here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from negset.core import catalog
+from negset.core.layout import Layout
+from negset.tag import quality
+
+
+@dataclass
+class Pool:
+    """One row per image (positives and candidates)."""
+
+    sha256: np.ndarray  # str
+    vectors: np.ndarray  # (n, d) unit rows; float16/float32; may be a memmap
+    positive: np.ndarray  # bool
+    has_target: np.ndarray  # bool
+    stratum: np.ndarray  # int codes into stratum_names
+    stratum_names: list[str]
+    background: np.ndarray | None = None  # int cluster id
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # q_<check>: [0, 1], NaN = unknown
+    area: np.ndarray | None = None  # pixels, prefers larger images inside a duplicate group
+    uri: np.ndarray | None = None
+    labelled: np.ndarray | None = None  # bool; labelled candidates are known negatives (never quarantined)
+    dhash: np.ndarray | None = None  # int64 difference hash (negset.quality.dhash)
+    # region embeddings (negset.regions): crops of images and the positives' target objects
+    region_vectors: np.ndarray | None = None  # (r, d) unit rows, float16; may be a memmap
+    region_owner: np.ndarray | None = None  # pool row of each region, -1 = none (skipped)
+    object_vectors: np.ndarray | None = None  # (m, d) target objects cropped from positives
+    object_owner: np.ndarray | None = None  # pool row of each object
+
+    def name_of(self, row: int) -> str:
+        """How reasons name an image: its uri (the sha256 where the pool has none)."""
+        return str(self.uri[row] if self.uri is not None else self.sha256[row])
+
+    def subset(self, idx: np.ndarray, positive: np.ndarray | None = None) -> Pool:
+        """The rows ``idx`` (in that order) as a pool of their own; regions and objects follow their rows."""
+        idx = np.asarray(idx, np.int64)
+        remap = np.full(len(self.sha256), -1, np.int64)
+        remap[idx] = np.arange(len(idx))
+
+        def rows(a):
+            return None if a is None else a[idx]
+
+        def follow(vectors, owner):
+            if vectors is None:
+                return None, None
+            new_owner = owner_rows(owner, remap)
+            keep = new_owner >= 0
+            return vectors[keep], new_owner[keep]
+
+        rv, ro = follow(self.region_vectors, self.region_owner)
+        ov, oo = follow(self.object_vectors, self.object_owner)
+        return Pool(
+            sha256=self.sha256[idx], vectors=self.vectors[idx],
+            positive=self.positive[idx] if positive is None else positive,
+            has_target=self.has_target[idx], stratum=self.stratum[idx], stratum_names=self.stratum_names,
+            background=rows(self.background), scores={k: v[idx] for k, v in self.scores.items()},
+            area=rows(self.area), uri=rows(self.uri), labelled=rows(self.labelled), dhash=rows(self.dhash),
+            region_vectors=rv, region_owner=ro, object_vectors=ov, object_owner=oo,
+        )
+
+
+def owner_rows(owner: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """``position[owner]``, where an owner of -1 (no pool row) stays -1."""
+    owner = np.asarray(owner, np.int64)
+    return np.where(owner >= 0, position[np.maximum(owner, 0)], -1) if len(position) else np.full(len(owner), -1)
+
+
+def load_pool(con, layout: Layout, axes: list[str]) -> Pool:
+    """The catalog's images joined with their tags (by sha256), strata over ``axes``, embeddings and regions."""
+    from negset.embed.store import read_embeddings
+
+    catalog.load(con, layout, "images", "tags")
+    tag_cols = {r[0] for r in con.execute("DESCRIBE tags").fetchall()}
+    qcols = [f"q_{c}" for c in quality.PIXEL_CHECKS if f"q_{c}" in tag_cols]
+    hash_sql = ", t.dhash" if "dhash" in tag_cols else ""
+    stratum_sql = " || ' | ' || ".join(f"t.{a}" for a in axes)
+    t = con.sql(
+        f"""
+        SELECT i.sha256, i.uri, i.role = 'positive' AS positive, coalesce(i.has_target, false) AS has_target,
+               coalesce(i.labelled, false) AS labelled,
+               i.width, i.height, {stratum_sql} AS stratum, t.background_cluster
+               {''.join(', t.' + c for c in qcols)}{hash_sql}
+        FROM images i JOIN tags t USING (sha256) ORDER BY i.sha256
+        """
+    ).to_arrow_table()
+    shas, vectors = read_embeddings(layout)
+    index = {s: i for i, s in enumerate(shas)}
+    sha = np.asarray(t.column("sha256").to_pylist(), dtype=object)
+    vec = vectors[np.asarray([index[s] for s in sha], np.int64)] if len(sha) else vectors[:0]
+    strata = t.column("stratum").to_pylist()
+    names = sorted(set(strata))
+    code = {s: i for i, s in enumerate(names)}
+    width = t.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
+    height = t.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
+    scores = {c: t.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in qcols}
+    scores.update(quality.geometry_scores(width, height))
+    return Pool(
+        sha256=sha,
+        vectors=vec,
+        positive=t.column("positive").to_numpy(zero_copy_only=False).astype(bool),
+        has_target=t.column("has_target").to_numpy(zero_copy_only=False).astype(bool),
+        stratum=np.asarray([code[s] for s in strata], np.int32),
+        stratum_names=names,
+        background=t.column("background_cluster").to_numpy(zero_copy_only=False).astype(np.int64),
+        scores=scores,
+        area=width * height,
+        uri=np.asarray(t.column("uri").to_pylist(), dtype=object),
+        labelled=t.column("labelled").to_numpy(zero_copy_only=False).astype(bool),
+        dhash=t.column("dhash").to_numpy(zero_copy_only=False).astype(np.int64) if hash_sql else None,
+        **_regions_of(layout, {s: i for i, s in enumerate(sha)}),
+    )
+
+
+def _regions_of(layout: Layout, row_of: dict) -> dict:
+    from negset.embed.store import read_regions
+
+    got = read_regions(layout)
+    if got is None:
+        return {}
+    shas, kinds, vec = got
+    owner = np.asarray([row_of.get(s, -1) for s in shas], np.int64)
+    grid = (kinds == "grid") & (owner >= 0)
+    obj = (kinds == "object") & (owner >= 0)
+    # the grid crops stay in the memory map (row owner -1 = not a grid crop of this pool); objects are few
+    return dict(region_vectors=vec, region_owner=np.where(grid, owner, -1),
+                object_vectors=np.asarray(vec[obj]), object_owner=owner[obj])
