@@ -14,7 +14,7 @@ import pytest
 
 from negset.core.layout import Layout
 from negset.embed.store import read_embeddings
-from tests.conftest import copy_built, run
+from tests.conftest import REPO, copy_built, run
 
 
 @pytest.fixture
@@ -147,3 +147,42 @@ def test_bar_chart_scales_to_the_largest_value():
     widths = [float(w) for w in re.findall(r'<rect [^>]*width="([\d.]+)"', svg)]
     assert widths[3] == max(widths) and widths[0] == pytest.approx(widths[3] / 2) and widths[1] == pytest.approx(widths[3] / 4)
     assert np.isclose(widths[2], 0.5)  # a zero is drawn as a hairline, not left out
+
+
+def test_hardness_chart_shows_the_hardness_the_bands_used(built_project):
+    """The chart bins select's ``hardness`` (scores.parquet), not the whole-image ``pos_similarity``."""
+    from negset.report import step as report
+
+    folder = built_project / "data"
+    summary = json.loads((folder / "select" / "summary.json").read_text())
+    assert summary["hardness"] == "regions"  # the demo embeds regions: the two differ
+    scores = pq.read_table(folder / "select" / "scores.parquet").to_pylist()
+    chosen = [r for r in scores if r["status"] == "chosen"]
+    rest = [r for r in scores if r["status"] not in ("chosen", "positive", "target_label")]
+    with open(folder / "negatives" / "plots" / "hardness.csv", newline="") as fh:
+        shown = [int(r["count"]) for r in csv.DictReader(fh) if r["set"] == "negatives"]
+
+    def bins(key):
+        edges, _ = report.histogram([r[key] for r in chosen + rest])
+        return report.histogram([r[key] for r in chosen], lo=edges[0], hi=edges[-1])[1]
+
+    assert shown == bins("hardness") != bins("pos_similarity")
+    selection = {r["sha256"]: r["hardness"] for r in pq.read_table(folder / "select" / "selection.parquet").to_pylist()}
+    assert {r["sha256"]: r["hardness"] for r in chosen} == selection
+    page = html_of(built_project)
+    section = page[page.index('id="hardness"') : page.index('id="thumbs"')]
+    assert "object similarity" in section and "hardness: object similarity</text>" in section
+
+
+def test_report_reads_select_scores_not_the_embeddings(built):
+    """The report computes no similarity: without the embeddings it writes the same page; its code
+    (what its dvc.yaml stage depends on) holds nothing of select or embed."""
+    from tests.core.test_layering import stage_code
+
+    before = html_of(built)
+    for name in ("embeddings.parquet", "regions.parquet", "regions.npy"):
+        (built / "data" / "embed" / name).unlink(missing_ok=True)
+    negset(built, "-q", "report")
+    assert html_of(built) == before
+    code = {str(p.relative_to(REPO)) for p in stage_code("report")}
+    assert not [p for p in code if p.startswith(("negset/select/", "negset/embed/"))], code
