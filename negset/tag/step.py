@@ -10,9 +10,10 @@
   or, when the source has COCO panoptic labels, indoor/outdoor and the
   dominant stuff class (negset/tagsources.py);
 - occlusion, from box geometry when labels exist (or from a configured
-  detector's boxes, negset/detector.py): the share of objects cut by the
-  frame or covered by another box: none / partial / heavy, and ``unknown``
-  for unlabelled images.
+  detector's boxes, negset/tag/detector.py, else the detect step's boxes,
+  source ``detector``): the share of objects cut by the frame or covered by
+  another box: none / partial / heavy, and ``unknown`` for unlabelled images
+  no detector looked at.
 Each tag is stored with its source (``computed``, ``annotation`` or ``user``;
 user tags win over annotations, annotations over computed values) and a
 confidence in [0, 1] (columns ``TAG_source`` and ``TAG_confidence``).
@@ -35,6 +36,7 @@ from negset.core.cache import ShaCache
 from negset.core.config import Background, Occlusion, Params
 from negset.core.imageio import load_rgb
 from negset.core.layout import Layout
+from negset.detect import store as detect_store
 from negset.embed.store import imagenet_names, read_embeddings
 from negset.tag import quality
 from negset.tag.lighting import _conf, color_temperature, exif_fields, is_night, lighting_tag, luminance_stats
@@ -228,6 +230,13 @@ def run(params: Params, layout: Layout) -> dict:
         pics = [load_rgb(layout.object_path(s), reduce_to=det_cfg.max_side) for s in unlabelled]
         detected = dict(zip(unlabelled, detector.detect(model, pics, det_cfg)))
         log.info("tag: detector %s on %d unlabelled images", det_cfg.model, len(unlabelled))
+    # else the detect step's boxes (any source), for the images without box labels
+    from_detect: dict[str, tuple] = {}
+    if cfg.occlusion.detected_score is not None and unlabelled and not detected:
+        wanted = set(unlabelled)
+        from_detect = {s: v for s, v in detect_store.object_boxes(layout, cfg.occlusion.detected_score).items() if s in wanted}
+        log.info("tag: occlusion of %d of %d unlabelled images from the detect step's boxes (score >= %.2f)",
+                 len(from_detect), len(unlabelled), cfg.occlusion.detected_score)
 
     rows = []
     for im, st in zip(images, stats):
@@ -254,11 +263,12 @@ def run(params: Params, layout: Layout) -> dict:
         if im["labelled"]:
             occ, share = occlusion_of(boxes.get(sha, []), cfg.occlusion)
             occ_tag = (occ, "annotation", 1.0)
-        elif sha in detected:
-            found, scores, top = detected[sha]
+        elif sha in detected or sha in from_detect:
+            found, scores, top = detected[sha] if sha in detected else from_detect[sha]
             occ, share = occlusion_of(found, cfg.occlusion)
             # detection scores: how sure the detector is of the objects it counted (or of finding none)
-            occ_tag = (occ, "computed", float(np.mean(scores)) if scores else float(1.0 - top))
+            occ_tag = (occ, "computed" if sha in detected else "detector",
+                       float(np.mean(scores)) if scores else float(1.0 - top))
         else:
             share = None
             occ_tag = ("unknown", "computed", 0.0)
@@ -286,7 +296,7 @@ def run(params: Params, layout: Layout) -> dict:
                 occlusion_source=occlusion[1],
                 occlusion_confidence=occlusion[2],
                 occluded_share=share,
-                detected_objects=len(detected[sha][0]) if sha in detected else None,
+                detected_objects=len(detected[sha][0]) if sha in detected else len(from_detect[sha][0]) if sha in from_detect else None,
                 **st,
             )
         )
