@@ -54,7 +54,7 @@ def recognise_layout(shape: tuple[int, ...], n_classes: int | None, wanted: str,
     """(layout, number of classes) from a concrete output shape."""
     expected = "YOLOX [1, N, 5 + classes] or Ultralytics [1, 4 + classes, N]"
     if len(shape) != 3 or shape[0] != 1:
-        raise NegsetError(f"{path}: output shape {list(shape)} is not a detector layout negset reads (expected {expected})",
+        raise NegsetError(f"{path}: output shape {list(shape)} is no detector layout negset reads ({expected})",
                           hint="export YOLOX with its tools/export_onnx.py, Ultralytics with model.export(format='onnx')")
     _, a, b = shape
     fits = {}
@@ -69,7 +69,7 @@ def recognise_layout(shape: tuple[int, ...], n_classes: int | None, wanted: str,
         return wanted, fits[wanted]
     if len(fits) != 1:
         what = f" with {n_classes} class names" if n_classes else ""
-        raise NegsetError(f"{path}: output shape {list(shape)}{what} is not {expected}",
+        raise NegsetError(f"{path}: output shape {list(shape)}{what} is no detector layout negset reads ({expected})",
                           hint="check the classes file (one name per model class) or set the source's layout")
     return next(iter(fits.items()))
 
