@@ -155,14 +155,17 @@ class OnnxDetector:
 
     def _input(self, image) -> tuple[np.ndarray, float, float, float]:
         canvas, r, dx, dy = letterbox(image, self.size, self.where, self.src.pad_value)
-        if self.bgr:
-            canvas = canvas[:, :, ::-1]
-        x = canvas * self.scale
-        if self.mean is not None:
-            x = x - self.mean
-        if self.std is not None:
-            x = x / self.std
-        return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32), r, dx, dy
+        if self.mean is not None or self.std is not None:
+            x = canvas.astype(np.float32) * self.scale
+            x = x - (self.mean if self.mean is not None else 0.0)
+            x = x / (self.std if self.std is not None else 1.0)
+        else:
+            x = canvas
+        chw = (x[:, :, ::-1] if self.bgr else x).transpose(2, 0, 1)[None]
+        out = chw.astype(np.float32)  # one pass: channel order, layout and type together
+        if self.scale != 1.0 and self.mean is None and self.std is None:
+            out *= np.float32(self.scale)
+        return out, r, dx, dy
 
     def _raw(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(xyxy boxes on the canvas, class scores) per anchor."""
