@@ -355,6 +355,11 @@ class Background(_Section):
         0.1, gt=0, le=2, description="cosine margin (nearest minus second-nearest centre) at which the confidence reaches 1"
     )
     panoptic: Panoptic | None = Field(None, description="COCO panoptic labels to read the background from")
+    scene_score: float | None = Field(
+        0.3, ge=0, le=1,
+        description="detections (detect step) scoring at least this vote for each image's scene (street, kitchen, ...) "
+        "and indoor/outdoor, and name the clusters by scene; null = off",
+    )
 
 
 class Detector(_Section):

@@ -79,6 +79,19 @@ def calibration(layout: Layout) -> dict:
     return json.loads(_need(layout, "calibration.json").read_text(encoding="utf-8"))
 
 
+def object_classes(layout: Layout, min_score: float) -> dict[str, tuple[list[str], list[float]]]:
+    """sha256 -> (classes, scores) of the detections scoring >= ``min_score`` (every source); {} when detect has not run."""
+    if not has_run(layout):
+        return {}
+    t = read_detections(layout, ["sha256", "class", "score"]).to_pydict()
+    out: dict[str, tuple[list[str], list[float]]] = defaultdict(lambda: ([], []))
+    for sha, cls, score in zip(t["sha256"], t["class"], t["score"]):
+        if score >= min_score:
+            out[sha][0].append(cls)
+            out[sha][1].append(float(score))
+    return dict(out)
+
+
 def object_boxes(layout: Layout, min_score: float) -> dict[str, tuple[list[tuple[float, float, float, float]], list[float], float]]:
     """sha256 -> (boxes normalised to [0, 1] scoring >= ``min_score``, their scores, the top score of all).
 

@@ -130,13 +130,15 @@ def cached_pixel_stats(layout: Layout, shas: list[str], compute) -> list[dict]:
     return [results.get(s) or cache.get(s, keys) for s in shas]
 
 
-def background_clusters(vectors, top5, cfg: Background, model_hash: str, previous: Path):
+def background_clusters(vectors, top5, cfg: Background, model_hash: str, previous: Path, scenes: list | None = None):
     """Cluster labels, centres and names; stable across refreshes.
 
     The centres of the last fit (``previous``, kept by DVC with ``persist``)
     are reused when the model, ``clusters`` and ``seed`` are unchanged and
     at most ``refit_share`` of the images are new since that fit: new images
-    join the nearest existing cluster and no cluster is renamed.
+    join the nearest existing cluster and no cluster is renamed. ``scenes``
+    (per vector, from detected objects) names a cluster by the scene most of
+    its members show ("bg0: street") instead of ImageNet classes.
     """
     n = len(vectors)
     if previous.exists():
@@ -158,6 +160,13 @@ def background_clusters(vectors, top5, cfg: Background, model_hash: str, previou
     k = cfg.clusters or auto_clusters(n)
     labels, centers = kmeans(vectors, k, cfg.seed)
     names = cluster_names(labels, top5, imagenet_names())
+    if scenes is not None:
+        from negset.tag.scene import cluster_scene
+
+        for j in names:
+            scene = cluster_scene([scenes[i] for i in np.flatnonzero(labels == j)])
+            if scene is not None:
+                names[j] = f"bg{j}: {scene}"
     flat = pa.array(centers.astype(np.float32).reshape(-1), pa.float32())
     table = pa.table(
         {
@@ -194,7 +203,16 @@ def run(params: Params, layout: Layout) -> dict:
     top5 = pq.read_table(layout.embed / "embeddings.parquet", columns=["top5"]).column("top5").to_pylist()
 
     model_hash = json.loads((layout.embed / "model.json").read_text()).get("model_hash", "")
-    labels, centers, names, refit = background_clusters(vectors, top5, cfg.background, model_hash, layout.tags / "centroids.parquet")
+    # the scene from detected objects (street, kitchen, ...; indoor / outdoor), when detect has run
+    scene_of_image: dict[str, tuple] = {}
+    if cfg.background.scene_score is not None and detect_store.has_run(layout):
+        from negset.tag.scene import scene_of
+
+        objects = detect_store.object_classes(layout, cfg.background.scene_score)
+        scene_of_image = {s: scene_of(*objects[s]) if s in objects else (None, None, 0.0) for s in shas}
+    labels, centers, names, refit = background_clusters(
+        vectors, top5, cfg.background, model_hash, layout.tags / "centroids.parquet",
+        [scene_of_image[s][0] for s in shas] if scene_of_image else None)
     sims = vectors @ centers.T
     if centers.shape[0] > 1:
         two = -np.sort(-sims, axis=1)[:, :2]
@@ -292,6 +310,9 @@ def run(params: Params, layout: Layout) -> dict:
                 background_margin=float(margins[i]),
                 background_scene=pan.scene if pan is not None else None,
                 background_stuff=pan.stuff if pan is not None else None,
+                scene=scene_of_image.get(sha, (None,))[0],
+                indoor_outdoor=scene_of_image.get(sha, (None, None))[1],
+                indoor_outdoor_confidence=scene_of_image.get(sha, (None, None, None))[2],
                 occlusion=occlusion[0],
                 occlusion_source=occlusion[1],
                 occlusion_confidence=occlusion[2],
@@ -322,6 +343,7 @@ _TYPES = {
     "exif_ev": pa.float64(), "exif_flash": pa.bool_(), "exif_hour": pa.int32(),
     "background_scene": pa.string(), "background_stuff": pa.string(), "occluded_share": pa.float64(),
     "detected_objects": pa.int32(), "time_of_day": pa.string(),
+    "scene": pa.string(), "indoor_outdoor": pa.string(), "indoor_outdoor_confidence": pa.float64(),
 }
 
 

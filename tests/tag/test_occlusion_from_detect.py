@@ -39,6 +39,14 @@ def test_unlabelled_images_get_occlusion_from_detections(project):
         assert (r["occlusion"], r["occluded_share"]) == tags.occlusion_of(found, params.tag.occlusion)
     assert any(r["detected_objects"] for r in unlabelled)
     assert all(r["occlusion_source"] == "annotation" for r in rows if images[r["sha256"]]["labelled"])
+    # the scene from the same detections: a street photo is outdoor, a cluster may be named by its scene
+    from negset.tag.scene import SCENES
+
+    with_scene = [r for r in rows if r["scene"]]
+    assert with_scene and all(r["indoor_outdoor"] in ("indoor", "outdoor") for r in with_scene)
+    assert all(SCENES[r["scene"]][0] == r["indoor_outdoor"] for r in with_scene if r["indoor_outdoor_confidence"] == 1.0)
+    named = {r["background_computed"] for r in rows if r["background_computed"].split(": ", 1)[1] in SCENES}
+    assert named, "some cluster is named by the scene of its members"
 
     # without the detector's evidence (detected_score: null) they are unknown again, as before
     write_params(project, tag={"occlusion": {"detected_score": None}})
