@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     ap.add_argument("--targets", default="car,dog,person")
     ap.add_argument("--splits", type=int, default=10)
     ap.add_argument("--tiles", type=int, default=2)
-    ap.add_argument("--overlap", type=float, default=0.3)
+    ap.add_argument("--overlap", type=float, default=0.4)
     ap.add_argument("--min-score", type=float, default=0.05, help="detections kept (the source's min_score)")
     ap.add_argument("--floor", type=float, default=0.05, help="detect.calibration.floor")
     ap.add_argument("--no-whole", action="store_true", help="only the tiled setting")
