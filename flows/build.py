@@ -39,7 +39,7 @@ def stage(step: str, params_path: str = "params.yaml", root: str = ".") -> dict:
 
 @flow(name="negset-build", log_prints=True)
 def build(params_path: str = "params.yaml", root: str = ".") -> dict:
-    """Run every step in order: ingest -> embed -> tag -> select -> export -> report."""
+    """Run every step in order: ingest -> embed -> detect -> tag -> select -> export -> report."""
     results = {}
     for step in STEPS:
         results[step] = BY_NAME[step](params_path, root)

@@ -35,6 +35,7 @@ examples:
 STEP_HELP = {
     "ingest": "pull candidates from the sources, pin and store them (data/ingest)",
     "embed": "one vector per image with a pretrained CNN (data/embed)",
+    "detect": "object detections, the calibrated target threshold and each image's evidence (data/detect)",
     "tag": "lighting, background and occlusion tags (data/tags)",
     "select": "choose negatives with per-stratum quotas (data/select)",
     "export": "manifest, images, metrics and run record (data/negatives)",

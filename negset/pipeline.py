@@ -11,7 +11,7 @@ from negset.core.config import Params, load_params
 from negset.core.layout import Layout
 from negset.core.lock import project_lock
 
-STEPS = ("ingest", "embed", "tag", "select", "export", "report")
+STEPS = ("ingest", "embed", "detect", "tag", "select", "export", "report")
 # each step's command module: negset/<step>/step.py, with run(params, layout) -> summary
 _MODULES = {name: f"negset.{name}.step" for name in STEPS}
 

@@ -58,9 +58,10 @@ def _make(name: str, retries: int):
 
 ingest = _make("ingest", retries=2)
 embed = _make("embed", retries=1)
+detect = _make("detect", retries=0)
 tag = _make("tag", retries=0)
 select = _make("select", retries=0)
 export = _make("export", retries=1)
 report = _make("report", retries=0)
 
-BY_NAME = {"ingest": ingest, "embed": embed, "tag": tag, "select": select, "export": export, "report": report}
+BY_NAME = {"ingest": ingest, "embed": embed, "detect": detect, "tag": tag, "select": select, "export": export, "report": report}

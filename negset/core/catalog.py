@@ -23,6 +23,8 @@ def table_files(layout: Layout) -> dict[str, Path]:
         "labels": layout.ingest / "labels.parquet",
         "rejected_ingest": layout.ingest / "rejected.parquet",
         "embeddings": layout.embed / "embeddings.parquet",
+        "detections": layout.detect / "detections.parquet",
+        "evidence": layout.detect / "evidence.parquet",
         "tags": layout.tags / "tags.parquet",
         "selection": layout.select / "selection.parquet",
         "strata": layout.select / "strata.parquet",

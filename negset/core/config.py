@@ -206,6 +206,97 @@ class Embed(_Section):
     )
 
 
+class DetectSource(_Section):
+    """One source of detection evidence: an ONNX detector (``model``) or a predictions file (``predictions``)."""
+
+    name: str | None = Field(None, description="name kept with each detection; default: the model or file name")
+    model: str | None = Field(
+        None, description="ONNX detector file, or builtin:yolox_nano (shipped with negset, COCO 80 classes)"
+    )
+    predictions: str | None = Field(
+        None, description="the user's model's predictions on the pool: a COCO results JSON or a folder of YOLO txt files"
+    )
+    classes: str | None = Field(
+        None, description="class names, one a line (or a YOLO data.yaml); default: the ONNX metadata 'names'"
+    )
+    coco: str | None = Field(
+        None, description="predictions JSON with image_id / category_id: the COCO file naming those ids "
+        "(default: ingest.positives.path when it is a COCO file)"
+    )
+    layout: Literal["auto", "yolox", "ultralytics"] = Field(
+        "auto", description="output layout: yolox [1, N, 5 + classes], ultralytics [1, 4 + classes, N]; auto = from the shape"
+    )
+    input_size: int | None = Field(None, ge=32, le=4096, description="square input side; default: the model's input shape (else 640)")
+    letterbox: Literal["auto", "topleft", "center"] = Field(
+        "auto", description="where the resized image sits on the padded canvas (auto: yolox topleft, ultralytics center)"
+    )
+    color: Literal["auto", "rgb", "bgr"] = Field("auto", description="channel order (auto: yolox bgr, ultralytics rgb)")
+    scale: float | None = Field(None, gt=0, description="pixel values times this (auto: yolox 1, ultralytics 1/255)")
+    mean: list[float] | None = Field(None, min_length=3, max_length=3, description="subtracted per channel after scale")
+    std: list[float] | None = Field(None, min_length=3, max_length=3, description="divided per channel after mean")
+    pad_value: float = Field(114.0, ge=0, le=255, description="canvas fill (0-255) around the letterboxed image")
+    grid_decode: bool = Field(
+        True, description="yolox: decode grid offsets and log sizes (the official export leaves it out); false = boxes in pixels"
+    )
+    tiles: int = Field(0, ge=0, le=4, description="also run on a G x G grid of overlapping crops (small objects); 0 = whole image only")
+    tile_overlap: float = Field(0.3, ge=0, lt=0.9, description="share of each tile shared with its neighbour")
+    min_score: float = Field(0.05, ge=0, le=1, description="detections scoring under this are dropped (weak ones are evidence too)")
+    iou: float = Field(0.45, gt=0, le=1, description="per-class non-maximum suppression IoU")
+    max_detections: int = Field(100, ge=1, le=10000, description="at most this many detections per image (highest scores)")
+    threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = all cores")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "DetectSource":
+        if (self.model is None) == (self.predictions is None):
+            raise ValueError("set exactly one of 'model' (an ONNX detector) or 'predictions' (a predictions file or folder)")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        spec = self.model or self.predictions or ""
+        return spec.removeprefix("builtin:") if spec.startswith("builtin:") else Path(spec.rstrip("/")).stem or spec
+
+
+class Calibration(_Section):
+    """The target threshold, calibrated on the known positives (per source)."""
+
+    recall: float = Field(
+        0.95, gt=0, le=1, description="the threshold still finds the target in this share of the positives (their max target score)"
+    )
+    floor: float = Field(0.05, ge=0, le=1, description="the threshold is never under this")
+    ceiling: float = Field(0.5, ge=0, le=1, description="... nor over this (also the threshold of a source no positive can calibrate)")
+    threshold: float | None = Field(None, ge=0, le=1, description="a fixed threshold instead of the calibration")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Calibration":
+        if self.floor > self.ceiling:
+            raise ValueError("expected floor <= ceiling")
+        return self
+
+
+class Detect(_Section):
+    sources: list[DetectSource] = Field(
+        default_factory=list, description="detectors and prediction files to run/read; empty = no detection evidence"
+    )
+    target_map: dict[str, str] = Field(
+        default_factory=dict, description="detector class -> target name (e.g. {handbag: sample bag}); target names count as themselves"
+    )
+    confusers: list[str] = Field(default_factory=list, description="detector classes easily confused with the target")
+    calibration: Calibration = Calibration()
+    checkpoint_every: int = Field(64, ge=1, description="images between writes to the detection cache")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, value: list[DetectSource]) -> list[DetectSource]:
+        names = [s.label for s in value]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"two sources are named {dup[0]!r}; give each a distinct 'name'")
+        return value
+
+
 class LightingExif(_Section):
     """Scene light from the camera's EXIF (when a JPEG has it): it can only make a class darker."""
 
@@ -264,6 +355,11 @@ class Background(_Section):
         0.1, gt=0, le=2, description="cosine margin (nearest minus second-nearest centre) at which the confidence reaches 1"
     )
     panoptic: Panoptic | None = Field(None, description="COCO panoptic labels to read the background from")
+    scene_score: float | None = Field(
+        0.3, ge=0, le=1,
+        description="detections (detect step) scoring at least this vote for each image's scene (street, kitchen, ...) "
+        "and indoor/outdoor, and name the clusters by scene; null = off",
+    )
 
 
 class Detector(_Section):
@@ -284,6 +380,11 @@ class Occlusion(_Section):
     overlap: float = Field(0.2, gt=0, le=1, description="a box this much covered by another is occluded")
     heavy_share: float = Field(0.5, gt=0, le=1, description="share of occluded objects that makes 'heavy'")
     detector: Detector | None = Field(None, description="detector for images without box labels; null = unknown")
+    detected_score: float | None = Field(
+        0.4, ge=0, le=1,
+        description="images without box labels: the detect step's boxes scoring at least this go through the "
+        "box rule (source detector); null = not used",
+    )
 
 
 class Tag(_Section):
@@ -414,6 +515,7 @@ class Export(_Section):
 class Params(_Section):
     ingest: Ingest
     embed: Embed = Embed()
+    detect: Detect = Detect()
     tag: Tag = Tag()
     select: Select
     export: Export = Export()
@@ -484,7 +586,7 @@ def _redact(text: str) -> str:
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
-        raise NegsetError(f"{source}: expected a mapping of sections (ingest, embed, tag, select, export)")
+        raise NegsetError(f"{source}: expected a mapping of sections (ingest, embed, detect, tag, select, export)")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

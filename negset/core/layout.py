@@ -49,6 +49,11 @@ class Layout:
     def embed(self) -> Path:
         return self.data / "embed"
 
+    # detect
+    @property
+    def detect(self) -> Path:
+        return self.data / "detect"
+
     # tag
     @property
     def tags(self) -> Path:

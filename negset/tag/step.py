@@ -10,9 +10,10 @@
   or, when the source has COCO panoptic labels, indoor/outdoor and the
   dominant stuff class (negset/tagsources.py);
 - occlusion, from box geometry when labels exist (or from a configured
-  detector's boxes, negset/detector.py): the share of objects cut by the
-  frame or covered by another box: none / partial / heavy, and ``unknown``
-  for unlabelled images.
+  detector's boxes, negset/tag/detector.py, else the detect step's boxes,
+  source ``detector``): the share of objects cut by the frame or covered by
+  another box: none / partial / heavy, and ``unknown`` for unlabelled images
+  no detector looked at.
 Each tag is stored with its source (``computed``, ``annotation`` or ``user``;
 user tags win over annotations, annotations over computed values) and a
 confidence in [0, 1] (columns ``TAG_source`` and ``TAG_confidence``).
@@ -35,6 +36,7 @@ from negset.core.cache import ShaCache
 from negset.core.config import Background, Occlusion, Params
 from negset.core.imageio import load_rgb
 from negset.core.layout import Layout
+from negset.detect import store as detect_store
 from negset.embed.store import imagenet_names, read_embeddings
 from negset.tag import quality
 from negset.tag.lighting import _conf, color_temperature, exif_fields, is_night, lighting_tag, luminance_stats
@@ -128,13 +130,15 @@ def cached_pixel_stats(layout: Layout, shas: list[str], compute) -> list[dict]:
     return [results.get(s) or cache.get(s, keys) for s in shas]
 
 
-def background_clusters(vectors, top5, cfg: Background, model_hash: str, previous: Path):
+def background_clusters(vectors, top5, cfg: Background, model_hash: str, previous: Path, scenes: list | None = None):
     """Cluster labels, centres and names; stable across refreshes.
 
     The centres of the last fit (``previous``, kept by DVC with ``persist``)
     are reused when the model, ``clusters`` and ``seed`` are unchanged and
     at most ``refit_share`` of the images are new since that fit: new images
-    join the nearest existing cluster and no cluster is renamed.
+    join the nearest existing cluster and no cluster is renamed. ``scenes``
+    (per vector, from detected objects) names a cluster by the scene most of
+    its members show ("bg0: street") instead of ImageNet classes.
     """
     n = len(vectors)
     if previous.exists():
@@ -156,6 +160,13 @@ def background_clusters(vectors, top5, cfg: Background, model_hash: str, previou
     k = cfg.clusters or auto_clusters(n)
     labels, centers = kmeans(vectors, k, cfg.seed)
     names = cluster_names(labels, top5, imagenet_names())
+    if scenes is not None:
+        from negset.tag.scene import cluster_scene
+
+        for j in names:
+            scene = cluster_scene([scenes[i] for i in np.flatnonzero(labels == j)])
+            if scene is not None:
+                names[j] = f"bg{j}: {scene}"
     flat = pa.array(centers.astype(np.float32).reshape(-1), pa.float32())
     table = pa.table(
         {
@@ -192,7 +203,16 @@ def run(params: Params, layout: Layout) -> dict:
     top5 = pq.read_table(layout.embed / "embeddings.parquet", columns=["top5"]).column("top5").to_pylist()
 
     model_hash = json.loads((layout.embed / "model.json").read_text()).get("model_hash", "")
-    labels, centers, names, refit = background_clusters(vectors, top5, cfg.background, model_hash, layout.tags / "centroids.parquet")
+    # the scene from detected objects (street, kitchen, ...; indoor / outdoor), when detect has run
+    scene_of_image: dict[str, tuple] = {}
+    if cfg.background.scene_score is not None and detect_store.has_run(layout):
+        from negset.tag.scene import scene_of
+
+        objects = detect_store.object_classes(layout, cfg.background.scene_score)
+        scene_of_image = {s: scene_of(*objects[s]) if s in objects else (None, None, 0.0) for s in shas}
+    labels, centers, names, refit = background_clusters(
+        vectors, top5, cfg.background, model_hash, layout.tags / "centroids.parquet",
+        [scene_of_image[s][0] for s in shas] if scene_of_image else None)
     sims = vectors @ centers.T
     if centers.shape[0] > 1:
         two = -np.sort(-sims, axis=1)[:, :2]
@@ -228,6 +248,13 @@ def run(params: Params, layout: Layout) -> dict:
         pics = [load_rgb(layout.object_path(s), reduce_to=det_cfg.max_side) for s in unlabelled]
         detected = dict(zip(unlabelled, detector.detect(model, pics, det_cfg)))
         log.info("tag: detector %s on %d unlabelled images", det_cfg.model, len(unlabelled))
+    # else the detect step's boxes (any source), for the images without box labels
+    from_detect: dict[str, tuple] = {}
+    if cfg.occlusion.detected_score is not None and unlabelled and not detected:
+        wanted = set(unlabelled)
+        from_detect = {s: v for s, v in detect_store.object_boxes(layout, cfg.occlusion.detected_score).items() if s in wanted}
+        log.info("tag: occlusion of %d of %d unlabelled images from the detect step's boxes (score >= %.2f)",
+                 len(from_detect), len(unlabelled), cfg.occlusion.detected_score)
 
     rows = []
     for im, st in zip(images, stats):
@@ -254,11 +281,12 @@ def run(params: Params, layout: Layout) -> dict:
         if im["labelled"]:
             occ, share = occlusion_of(boxes.get(sha, []), cfg.occlusion)
             occ_tag = (occ, "annotation", 1.0)
-        elif sha in detected:
-            found, scores, top = detected[sha]
+        elif sha in detected or sha in from_detect:
+            found, scores, top = detected[sha] if sha in detected else from_detect[sha]
             occ, share = occlusion_of(found, cfg.occlusion)
             # detection scores: how sure the detector is of the objects it counted (or of finding none)
-            occ_tag = (occ, "computed", float(np.mean(scores)) if scores else float(1.0 - top))
+            occ_tag = (occ, "computed" if sha in detected else "detector",
+                       float(np.mean(scores)) if scores else float(1.0 - top))
         else:
             share = None
             occ_tag = ("unknown", "computed", 0.0)
@@ -282,11 +310,14 @@ def run(params: Params, layout: Layout) -> dict:
                 background_margin=float(margins[i]),
                 background_scene=pan.scene if pan is not None else None,
                 background_stuff=pan.stuff if pan is not None else None,
+                scene=scene_of_image.get(sha, (None,))[0],
+                indoor_outdoor=scene_of_image.get(sha, (None, None))[1],
+                indoor_outdoor_confidence=scene_of_image.get(sha, (None, None, None))[2],
                 occlusion=occlusion[0],
                 occlusion_source=occlusion[1],
                 occlusion_confidence=occlusion[2],
                 occluded_share=share,
-                detected_objects=len(detected[sha][0]) if sha in detected else None,
+                detected_objects=len(detected[sha][0]) if sha in detected else len(from_detect[sha][0]) if sha in from_detect else None,
                 **st,
             )
         )
@@ -312,6 +343,7 @@ _TYPES = {
     "exif_ev": pa.float64(), "exif_flash": pa.bool_(), "exif_hour": pa.int32(),
     "background_scene": pa.string(), "background_stuff": pa.string(), "occluded_share": pa.float64(),
     "detected_objects": pa.int32(), "time_of_day": pa.string(),
+    "scene": pa.string(), "indoor_outdoor": pa.string(), "indoor_outdoor_confidence": pa.float64(),
 }
 
 

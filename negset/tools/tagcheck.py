@@ -130,6 +130,44 @@ def majority_accuracy(clusters: list, truth: list) -> tuple[float, float]:
     return float(ins), float(hits / len(truth))
 
 
+def leave_one_out_guesses(clusters: list, truth: list) -> list:
+    """Each image's label guessed by the majority of the OTHER images of its cluster (overall majority when alone)."""
+    overall = sorted(Counter(truth).items(), key=lambda kv: (-kv[1], str(kv[0])))[0][0] if truth else None
+    by: dict = defaultdict(Counter)
+    for c, t in zip(clusters, truth):
+        by[c][t] += 1
+    out = []
+    for c, t in zip(clusters, truth):
+        rest = by[c].copy()
+        rest[t] -= 1
+        rest = {k: v for k, v in rest.items() if v > 0}
+        out.append(sorted(rest.items(), key=lambda kv: (-kv[1], str(kv[0])))[0][0] if rest else overall)
+    return out
+
+
+def scene_agreement(rows: list[tuple[str | None, str | None, int]], truth: list[str]) -> dict:
+    """Indoor/outdoor from detected objects vs ground truth; rows: (detected side, cluster name, cluster id).
+
+    Three readings: the detected side where it speaks (coverage beside it); that,
+    else the cluster's leave-one-out majority (every image); the side of the
+    cluster's scene name ("bg2: street" -> outdoor) where the cluster has one.
+    """
+    from negset.tag.scene import SCENES
+
+    said = [(p, t) for (p, _, _), t in zip(rows, truth) if p]
+    loo = leave_one_out_guesses([c for _, _, c in rows], truth)
+    combined = [p if p else g for (p, _, _), g in zip(rows, loo)]
+    named = [(SCENES[n.split(": ", 1)[1]][0], t) for (_, n, _), t in zip(rows, truth)
+             if n and ": " in n and n.split(": ", 1)[1] in SCENES]
+    return dict(
+        detected_images=len(said), coverage=len(said) / len(truth) if truth else 0.0,
+        detected_accuracy=sum(p == t for p, t in said) / len(said) if said else 0.0,
+        detected_else_clusters_loo=sum(p == t for p, t in zip(combined, truth)) / len(truth) if truth else 0.0,
+        scene_named_images=len(named),
+        scene_named_accuracy=sum(p == t for p, t in named) / len(named) if named else 0.0,
+    )
+
+
 def confusion(truth: list, pred: list, classes: list[str]) -> dict:
     """{truth: {pred: count}} over ``classes`` (rows: ground truth)."""
     out = {t: {p: 0 for p in classes} for t in classes}
@@ -251,6 +289,8 @@ def check(params: Params, layout: Layout, panoptic: str | None = None, masks: st
         stuff_purity_baseline=(Counter(stuff).most_common(1)[0][1] / len(stuff)) if stuff else 0.0,
         stuff_ami=adjusted_mutual_information(sc, stuff) if stuff else 0.0,
         scene_ami=adjusted_mutual_information(clusters, scenes) if scenes else 0.0,
+        from_objects=scene_agreement([(tags[sha].get("indoor_outdoor"), tags[sha].get("background_computed"),
+                                       tags[sha]["background_cluster"]) for sha, _ in with_scene], scenes),
     )
 
     # lighting
@@ -312,6 +352,17 @@ def _table(title: str, conf: dict, classes: list[str]) -> list[str]:
     return lines
 
 
+def _from_objects_lines(fo: dict | None) -> list[str]:
+    if not fo or not fo["detected_images"]:
+        return ["    from detected objects: none (run `negset detect`; tag.background.scene_score)"]
+    return [
+        f"    detected objects -> indoor/outdoor     {fo['detected_accuracy']:.3f}  on {fo['detected_images']} images "
+        f"(coverage {fo['coverage']:.2f})",
+        f"    detected, else clusters leave-one-out  {fo['detected_else_clusters_loo']:.3f}",
+        f"    cluster scene names -> indoor/outdoor  {fo['scene_named_accuracy']:.3f}  on {fo['scene_named_images']} images",
+    ]
+
+
 def report(result: dict) -> str:
     from negset.tag.lighting import LIGHTING_CLASSES
 
@@ -325,6 +376,7 @@ def report(result: dict) -> str:
         f"    accuracy, leave-one-out                {bg['indoor_outdoor_accuracy_loo']:.3f}",
         f"    {'baseline: always ' + repr(bg['majority_class']):<39}{bg['majority_baseline']:.3f}",
         f"    adjusted mutual information            {bg['scene_ami']:.3f}",
+        *_from_objects_lines(bg.get("from_objects")),
         f"  dominant stuff class over {bg['stuff_images']} images ({bg['stuff_classes']} classes)",
         f"    cluster purity                         {bg['stuff_purity']:.3f}  (one cluster: {bg['stuff_purity_baseline']:.3f})",
         f"    adjusted mutual information            {bg['stuff_ami']:.3f}  (0 = chance, 1 = same partition)",

@@ -106,7 +106,7 @@ def stage_code(step: str) -> set[Path]:
     return {module_file(n).resolve() for n in names}
 
 
-STAGES = ("ingest", "embed", "tag", "select", "export", "report")
+STAGES = ("ingest", "embed", "detect", "tag", "select", "export", "report")
 
 
 def test_every_stage_has_a_command_module():

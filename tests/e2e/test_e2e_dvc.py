@@ -32,7 +32,7 @@ def ran_stages(output: str) -> list[str]:
 def test_dvc_repro_builds_then_reruns_only_what_changed(dvc_project):
     root = dvc_project
     first = run([str(BIN / "dvc"), "repro"], root)
-    assert ran_stages(first.stdout) == ["ingest", "embed", "tag", "select", "export", "report"]
+    assert ran_stages(first.stdout) == ["ingest", "embed", "detect", "tag", "select", "export", "report"]
     assert "Flow run" in first.stdout + first.stderr  # each stage ran as a Prefect flow
 
     out = root / "data" / "negatives"

@@ -1,0 +1,209 @@
+"""Step 3, detect: object detections per image, the target threshold, and each image's evidence.
+
+Sources (``detect.sources``): ONNX detectors (``negset.detect.onnx_model``;
+``builtin:yolox_nano`` ships with negset) and the user's own predictions
+(``negset.detect.predictions``), each kept under its source name. Every
+ingested image is looked at, positives too: their target scores calibrate the
+threshold (``negset.detect.calibrate``). Writes, under ``data/detect/``:
+
+- ``detections.parquet``: sha256, source, class, score, x0 y0 x1 y1 (image
+  pixels, upright), tile (0 = whole image, 1.. = the tile that found it);
+- ``evidence.parquet``: one row per image (``negset.detect.store`` documents it);
+- ``calibration.json``: per source the threshold and how it was found;
+- ``rejected.parquet``: images a detector could not decode.
+
+Detector results are cached by image sha256 and model hash (model bytes and
+every setting) under ``data/cache/detect/``, written as work goes on, so a
+killed run resumes and a refresh looks only at new images.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from negset.core import atomic, catalog
+from negset.core import parquet as pq
+from negset.core.cache import ShaCache
+from negset.core.config import DetectSource, Params
+from negset.core.imageio import load_rgb
+from negset.core.layout import Layout
+from negset.core.progress import track
+from negset.detect.calibrate import image_evidence, threshold_from_positives
+from negset.detect.names import normalise
+from negset.detect.predictions import read_predictions
+
+log = logging.getLogger("negset.detect")
+
+DETECTIONS_SCHEMA = pa.schema(
+    [("sha256", pa.string()), ("source", pa.string()), ("class", pa.string()), ("score", pa.float32())]
+    + [(k, pa.float32()) for k in ("x0", "y0", "x1", "y1")]
+    + [("tile", pa.int16())]
+)
+_BOX = pa.list_(pa.float32(), 4)
+EVIDENCE_SCHEMA = pa.schema(
+    [("sha256", pa.string()), ("role", pa.string()), ("labelled", pa.bool_()),
+     ("target_score", pa.float32()), ("target_source", pa.string()), ("target_class", pa.string()),
+     ("target_box", _BOX), ("target_threshold", pa.float32()), ("detected_target", pa.bool_()),
+     ("confuser_score", pa.float32()), ("confuser_class", pa.string()), ("confuser_source", pa.string()),
+     ("confuser_box", _BOX)]
+)
+REJECTED_SCHEMA = pa.schema([(k, pa.string()) for k in ("uri", "sha256", "step", "rule", "reason")])
+_CACHE_KEYS = {"cls", "score", "box", "tile"}
+
+
+def target_classes(params: Params) -> set[str]:
+    """Normalised class names that mean the target: the target names and what ``target_map`` maps to them."""
+    targets = {normalise(t) for t in params.ingest.target}
+    mapped = {normalise(k) for k, v in params.detect.target_map.items() if normalise(v) in targets}
+    return targets | mapped
+
+
+def _run_detector(det, layout: Layout, images: list[dict], every: int) -> tuple[list[dict], list[dict], dict]:
+    """Detections of one ONNX detector on every image (cached), rejected images, and timing."""
+    cache = ShaCache(layout.data / "cache" / "detect" / det.key())
+    todo = [im for im in images if cache.get(im["sha256"], _CACHE_KEYS) is None]
+    log.info("detect %s: %d images, %d cached, %d to run (%s layout, %d px, %d window(s) per image)",
+             det.src.label, len(images), len(images) - len(todo), len(todo), det.layout, det.size, det.windows_per_image)
+    rejected, pending = [], {}
+    start = time.monotonic()
+    side = det.decode_side()
+    for im in track(todo, len(todo), f"detect {det.src.label}"):
+        try:
+            picture = load_rgb(layout.object_path(im["sha256"]), reduce_to=side)
+        except Exception as exc:  # decodable at ingest is not always decodable in full (truncated files)
+            rejected.append(dict(uri=im["uri"], sha256=im["sha256"], step="detect", rule="undecodable",
+                                 reason=f"{type(exc).__name__}: {str(exc)[:200]}"))
+            continue
+        found = det.detect(picture, (im["width"], im["height"]))
+        pending[im["sha256"]] = dict(cls=found["cls"].tolist(), score=found["score"].round(5).tolist(),
+                                     box=found["box"].round(2).reshape(-1).tolist(), tile=found["tile"].tolist())
+        if len(pending) >= every:
+            cache.add(pending)
+            pending = {}
+    cache.add(pending)
+    elapsed = time.monotonic() - start
+    ran = len(todo) - len(rejected)
+    timing = dict(images=len(images), cached=len(images) - len(todo), ran=ran, seconds=round(elapsed, 2),
+                  images_per_s=round(ran / elapsed, 2) if ran and elapsed > 0 else None)
+    rows = []
+    for im in images:
+        hit = cache.get(im["sha256"], _CACHE_KEYS)
+        if hit is None:
+            continue
+        boxes = np.asarray(hit["box"], np.float64).reshape(-1, 4)
+        for c, s, b, t in zip(hit["cls"], hit["score"], boxes, hit["tile"]):
+            rows.append(dict(sha256=im["sha256"], cls=det.names[c], score=s, x0=b[0], y0=b[1], x1=b[2], y1=b[3], tile=t))
+    return rows, rejected, timing
+
+
+def _strongest(rows: list[dict], wanted: set[str]) -> dict[str, tuple]:
+    """sha256 -> (score, class, box) of the highest-scoring detection of a class in ``wanted``."""
+    best: dict[str, tuple] = {}
+    for r in rows:
+        if normalise(r["cls"]) in wanted and (r["sha256"] not in best or r["score"] > best[r["sha256"]][0]):
+            best[r["sha256"]] = (float(r["score"]), r["cls"], (r["x0"], r["y0"], r["x1"], r["y1"]))
+    return best
+
+
+def _calibrate(src: DetectSource, rows: list[dict], images: list[dict], targets: set[str], known: list[str] | None,
+               params: Params) -> tuple[dict, dict[str, tuple]]:
+    """The source's calibration record and its strongest target detection per image."""
+    strongest = _strongest(rows, targets)
+    classes = {normalise(c) for c in (known if known is not None else [r["cls"] for r in rows])}
+    knows = bool(classes & targets)
+    covered = {r["sha256"] for r in rows} if src.predictions else None  # a detector looks at every image
+    positives = [im["sha256"] for im in images if im["role"] == "positive" and (covered is None or im["sha256"] in covered)]
+    record = threshold_from_positives([strongest[s][0] if s in strongest else 0.0 for s in positives], params.detect.calibration)
+    if not knows:
+        record.update(threshold=None, method="the source has no target class")
+    record.update(knows_target=knows, positives_total=sum(im["role"] == "positive" for im in images),
+                  target_classes=sorted(classes & targets))
+    return record, strongest
+
+
+def _evidence_rows(images, per_source_target, per_source_confuser, thresholds) -> list[dict]:
+    rows = []
+    for im in images:
+        sha = im["sha256"]
+        per = {s: dict(target=per_source_target[s].get(sha), confuser=per_source_confuser[s].get(sha)) for s in per_source_target}
+        rows.append(dict(sha256=sha, role=im["role"], labelled=im["labelled"], **image_evidence(per, thresholds)))
+    return rows
+
+
+def _default_coco(params: Params, layout: Layout) -> Path | None:
+    pos = params.ingest.positives
+    return (layout.root / pos.path).resolve() if pos.format == "coco" else None
+
+
+def run(params: Params, layout: Layout) -> dict:
+    """Detect on every ingested image, calibrate each source, write detections, evidence and calibration."""
+    from negset.detect.onnx_model import OnnxDetector
+
+    cfg = params.detect
+    images = pq.read_table(layout.ingest / "images.parquet",
+                           columns=["sha256", "uri", "role", "labelled", "width", "height"]).to_pylist()
+    targets = target_classes(params)
+    # read and check every source before any long work: a mistake costs seconds, not a detector run
+    predicted = {s.label: read_predictions(s, layout.root, _default_coco(params, layout), images)
+                 for s in cfg.sources if s.predictions}
+    detectors = {s.label: OnnxDetector(s, layout.root) for s in cfg.sources if s.model}
+    found: dict[str, list[dict]] = {}
+    rejected: list[dict] = []
+    timing: dict[str, dict] = {}
+    for src in cfg.sources:
+        if src.predictions:
+            found[src.label] = predicted[src.label]
+        else:
+            found[src.label], bad, timing[src.label] = _run_detector(detectors[src.label], layout, images, cfg.checkpoint_every)
+            rejected += [r for r in bad if r["sha256"] not in {x["sha256"] for x in rejected}]
+    confusers = {normalise(c) for c in cfg.confusers} - targets
+    calibration, strongest_target, strongest_confuser = {}, {}, {}
+    for src in cfg.sources:
+        known = detectors[src.label].names if src.label in detectors else None
+        calibration[src.label], strongest_target[src.label] = _calibrate(src, found[src.label], images, targets, known, params)
+        strongest_confuser[src.label] = _strongest(found[src.label], confusers)
+        if src.label in timing:
+            calibration[src.label]["speed"] = timing[src.label]
+    thresholds = {s: c["threshold"] for s, c in calibration.items()}
+    evidence = _evidence_rows(images, strongest_target, strongest_confuser, thresholds)
+
+    detections = [dict(sha256=r["sha256"], source=name, **{"class": r["cls"]}, score=r["score"], x0=r["x0"], y0=r["y0"],
+                       x1=r["x1"], y1=r["y1"], tile=r.get("tile", 0)) for name, rows in found.items() for r in rows]
+    detections.sort(key=lambda r: (r["sha256"], r["source"], -r["score"]))
+    atomic.write_parquet(pa.Table.from_pylist(detections, schema=DETECTIONS_SCHEMA), layout.detect / "detections.parquet")
+    atomic.write_parquet(pa.Table.from_pylist(evidence, schema=EVIDENCE_SCHEMA), layout.detect / "evidence.parquet")
+    atomic.write_parquet(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), layout.detect / "rejected.parquet")
+    record = dict(target_classes=sorted(targets), confusers=sorted(confusers), sources=calibration)
+    atomic.write_json(layout.detect / "calibration.json", record)
+    with catalog.connect(layout) as con:
+        catalog.load(con, layout, "detections", "evidence")
+
+    candidates = [e for e in evidence if e["role"] == "candidate"]
+    for name, c in calibration.items():
+        if c["threshold"] is None:
+            log.warning("detect %s: no target class among its classes (%s): no target evidence from it", name, ", ".join(sorted(targets)))
+            continue
+        found_pos = f"{c['positives_found']}/{c['positives']}" if c["positives"] else "no positive covered"
+        log.info("detect %s: target threshold %.3f (%s; wanted recall %.2f of the positives, found %s)",
+                 name, c["threshold"], c["method"], c["recall_wanted"], found_pos)
+        if c["recall_at_threshold"] is not None and c["recall_at_threshold"] < c["recall_wanted"]:
+            log.warning("detect %s: finds the target in only %.0f%% of the positives at the threshold %.3f",
+                        name, 100 * c["recall_at_threshold"], c["threshold"])
+    summary = dict(
+        images=len(images), detections=len(detections), rejected=len(rejected),
+        sources={n: dict(detections=len(r), threshold=calibration[n]["threshold"], method=calibration[n]["method"],
+                         recall_at_threshold=calibration[n]["recall_at_threshold"], **({"speed": timing[n]} if n in timing else {}))
+                 for n, r in found.items()},
+        candidates_with_target=sum(e["detected_target"] for e in candidates),
+        candidates=len(candidates),
+        detected_now=sum(t["ran"] for t in timing.values()),
+    )
+    log.info("detect: %d images, %d detections from %d source(s); %d of %d candidates show the target at the threshold",
+             len(images), len(detections), len(cfg.sources), summary["candidates_with_target"], len(candidates))
+    return summary

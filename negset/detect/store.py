@@ -1,0 +1,123 @@
+"""Readers of the detect step's outputs (what tag and select import).
+
+``evidence(layout)`` is one row per ingested image (``data/detect/evidence.parquet``):
+
+- ``sha256``, ``role`` (positive / candidate), ``labelled``;
+- ``target_score``: the score of the strongest target detection (a target
+  class, or a class ``detect.target_map`` maps to the target), taken from the
+  source with the largest margin over its own threshold (with one source, or
+  equal thresholds, the highest score over the sources); 0 when no source
+  sees the target;
+- ``target_source``, ``target_class``, ``target_box`` ([x0, y0, x1, y1] in
+  image pixels): where that score comes from;
+- ``target_threshold``: that source's calibrated threshold (``calibration``);
+- ``detected_target``: ``target_score >= target_threshold``;
+- ``confuser_score``, ``confuser_class``, ``confuser_source``,
+  ``confuser_box``: the strongest detection of a ``detect.confusers`` class.
+
+How a select rule ``detected_target`` is to use it (phase 2):
+
+1. quarantine: an unlabelled candidate with ``detected_target`` is a
+   suspected positive: rule ``detected_target``, score = ``target_score``,
+   reason naming ``target_source``, ``target_class`` and ``target_box``
+   (listed in quarantine.csv, never chosen). A labelled candidate is a known
+   negative and is not quarantined by a detector.
+2. hard negatives by evidence: a candidate with ``0 < target_score <
+   target_threshold`` (the detector fires weakly on the target) or with a
+   ``confuser_score`` at or above the confuser's source threshold is a
+   distractor; its hardness evidence is ``max(target_score / target_threshold,
+   confuser_score)`` (a hardness signal beside object similarity, chosen in
+   ``select.hardness``).
+3. model false positives: a LABELLED candidate (a known negative) with
+   ``detected_target`` from a predictions source (the user's model fires on
+   the target where there is none) is a false positive of that model: the
+   most valuable hard negative, offered first, reason ``model false positive``.
+
+``calibration(layout)`` is ``data/detect/calibration.json``: ``target_classes``,
+``confusers`` and per source ``threshold`` (null when the source has no target
+class), ``method`` (calibrated / floor / ceiling / fixed / uncalibrated),
+``raw_threshold``, ``positives``, ``positives_found``, ``recall_at_threshold``,
+``recall_wanted``, ``floor``, ``ceiling``, ``knows_target`` and, for detectors,
+``speed``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pyarrow as pa
+
+from negset.core import parquet as pq
+from negset.core.errors import NegsetError
+from negset.core.layout import Layout
+
+
+def has_run(layout: Layout) -> bool:
+    return (layout.detect / "evidence.parquet").exists()
+
+
+def _need(layout: Layout, name: str):
+    path = layout.detect / name
+    if not path.exists():
+        raise NegsetError(f"{path}: missing; the 'detect' step has not run", hint="run `negset detect` first")
+    return path
+
+
+def read_detections(layout: Layout, columns: list[str] | None = None) -> pa.Table:
+    """``data/detect/detections.parquet``: sha256, source, class, score, x0, y0, x1, y1 (pixels), tile."""
+    return pq.read_table(_need(layout, "detections.parquet"), columns=columns)
+
+
+def evidence(layout: Layout) -> pa.Table:
+    """One row per image: the target and confuser evidence (see the module docstring)."""
+    return pq.read_table(_need(layout, "evidence.parquet"))
+
+
+def calibration(layout: Layout) -> dict:
+    """The thresholds and how each was found (see the module docstring)."""
+    return json.loads(_need(layout, "calibration.json").read_text(encoding="utf-8"))
+
+
+def object_classes(layout: Layout, min_score: float) -> dict[str, tuple[list[str], list[float]]]:
+    """sha256 -> (classes, scores) of the detections scoring >= ``min_score`` (every source); {} when detect has not run."""
+    if not has_run(layout):
+        return {}
+    t = read_detections(layout, ["sha256", "class", "score"]).to_pydict()
+    out: dict[str, tuple[list[str], list[float]]] = defaultdict(lambda: ([], []))
+    for sha, cls, score in zip(t["sha256"], t["class"], t["score"]):
+        if score >= min_score:
+            out[sha][0].append(cls)
+            out[sha][1].append(float(score))
+    return dict(out)
+
+
+def object_boxes(layout: Layout, min_score: float) -> dict[str, tuple[list[tuple[float, float, float, float]], list[float], float]]:
+    """sha256 -> (boxes normalised to [0, 1] scoring >= ``min_score``, their scores, the top score of all).
+
+    Every detection of every source counts as an object. Only images a source looked at are
+    listed (a detector looks at every image; a predictions file at those it names); {} when
+    detect has not run.
+    """
+    if not has_run(layout):
+        return {}
+    t = read_detections(layout, ["sha256", "score", "x0", "y0", "x1", "y1"]).to_pydict()
+    sizes = {r["sha256"]: (r["width"], r["height"]) for r in
+             pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "width", "height"]).to_pylist()}
+    out: dict[str, tuple[list, list, float]] = defaultdict(lambda: ([], [], 0.0))
+    for i, sha in enumerate(t["sha256"]):
+        if sha not in sizes:
+            continue
+        boxes, scores, top = out[sha]
+        score = float(t["score"][i])
+        if score >= min_score:
+            w, h = sizes[sha]
+            boxes.append(tuple(min(max(float(v), 0.0), 1.0) for v in
+                               (t["x0"][i] / w, t["y0"][i] / h, t["x1"][i] / w, t["y1"][i] / h)))
+            scores.append(score)
+        out[sha] = (boxes, scores, max(top, score))
+    looked_at = set(out)
+    if any("speed" in c for c in calibration(layout)["sources"].values()):  # a detector looked at every image
+        failed = set(pq.read_table(layout.detect / "rejected.parquet", columns=["sha256"]).column("sha256").to_pylist())
+        looked_at |= set(evidence(layout).column("sha256").to_pylist()) - failed
+    return {s: out.get(s, ([], [], 0.0)) for s in looked_at if s in sizes}
