@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from negset import __version__
@@ -137,12 +138,12 @@ def _add_init(add) -> None:
     init = add(
         "init",
         help="start a project of your own: params.yaml, dvc.yaml, .gitignore files, prefect.yaml, git + dvc",
-        description="Create a negset project in DIR (default: here): a commented params.yaml with every section, "
+        description=textwrap.fill("Create a negset project in DIR (default: here): a commented params.yaml with every section, "
         "a dvc.yaml whose stages depend on your data, their params sections and negset.lock (the negset version), "
         "data/.gitignore, prefect.yaml; git init and dvc init when DIR is not a repository yet, and a local DVC "
         "remote (.dvc-remote/) when there is no default remote. Files that exist are kept as they are, so running "
         "it again changes nothing (after an upgrade it records the new version in negset.lock). Asks for what is "
-        "missing only when a terminal is attached.",
+        "missing only when a terminal is attached.", 100),
         epilog="examples:\n  negset init pets --positives /data/pets/instances.json --images /data/pets/images "
         "--target dog\n  negset init --positives labels/ --format yolo --classes classes.txt --target car "
         "--source /data/raw --source s3://bucket/raw/\n  negset init            (in a project, after upgrading "

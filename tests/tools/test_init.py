@@ -153,3 +153,52 @@ def test_the_repo_dvc_yaml_is_generated_from_the_steps():
     want = project.render_dvc_yaml(load_params(REPO / "params.yaml"), REPO, dev=True)
     assert (REPO / "dvc.yaml").read_text() == want, "run `python -m negset.tools.project` and commit dvc.yaml"
     assert (REPO / "negset.lock").read_text() == project.version_file_text()
+
+
+def test_with_a_terminal_init_asks_for_what_is_missing(tmp_path):
+    """On a terminal (a pty here) a missing --positives and --target are asked for; the rest is guessed."""
+    import os
+    import pty
+    import select as _select
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "negset", "init", "asked"], cwd=tmp_path, stdin=secondary,
+                            stdout=secondary, stderr=secondary, close_fds=True)
+    os.close(secondary)
+    answers = {"positives": str(COCO), "target": "person"}
+    seen, buffer = [], ""
+    try:
+        while proc.poll() is None or _select.select([primary], [], [], 0)[0]:
+            ready, _, _ = _select.select([primary], [], [], 60)
+            if not ready:
+                break
+            try:
+                chunk = os.read(primary, 4096).decode(errors="replace")
+            except OSError:
+                break
+            buffer += chunk
+            for key, answer in answers.items():
+                if key not in seen and re.search(rf"(?m)^{key}\b.*: $", buffer.splitlines()[-1] if buffer else ""):
+                    seen.append(key)
+                    os.write(primary, (answer + "\n").encode())
+    finally:
+        os.close(primary)
+        proc.wait(timeout=120)
+    assert proc.returncode == 0, buffer[-3000:]
+    assert seen == ["positives", "target"], buffer[-3000:]
+    params = load_params(tmp_path / "asked" / "params.yaml")
+    assert params.ingest.target == ["person"] and params.ingest.positives.images == str(SAMPLE / "images")
+
+
+def test_the_project_s_prefect_yaml_names_flows_that_load_without_a_flows_folder(tmp_path):
+    """A user's project has no flows/ folder: its entrypoints are negset's installed modules."""
+    code = (
+        "import sys, yaml; from prefect.flows import load_flow_from_entrypoint; "
+        "d = yaml.safe_load(open(sys.argv[1]))['deployments']; "
+        "print(' '.join(load_flow_from_entrypoint(x['entrypoint']).name + '/' + x['name'] for x in d))"
+    )
+    (tmp_path / "prefect.yaml").write_text(project.prefect_yaml())
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "prefect.yaml")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["negset-refresh/nightly-refresh", "negset-build/manual-build"]
