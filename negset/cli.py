@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from negset import __version__
@@ -15,11 +16,13 @@ from negset.pipeline import STEPS
 
 EPILOG = """\
 examples:
+  negset init pets --positives labels.json --images photos/ --target dog
+                                    a project of your own (params.yaml, dvc.yaml, git + dvc)
   negset check                      validate params.yaml and print the parsed values
   negset build                      run every step in one Prefect flow
   negset refresh                    ingest new objects, dvc repro, release when the set changed
   negset ingest                     run one step (what each dvc.yaml stage calls)
-  negset --no-prefect select        run a step without Prefect
+  negset select --no-prefect        run a step without Prefect (global options go before or after the command)
   negset --params other.yaml --json export
   negset report                     write data/negatives/report.html (open it in any browser, offline)
   negset export-coco                negatives as COCO images, merged into the positives' COCO file
@@ -43,6 +46,27 @@ STEP_HELP = {
 }
 
 
+def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The options every command takes, before or after its name (``negset --json ingest`` = ``negset ingest --json``).
+
+    After the command they are added with no default, so a value given before
+    the command is not overwritten by the sub-command's default.
+    """
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--params", default=default("params.yaml"), help="parameters file (default: params.yaml)")
+    parser.add_argument("--root", default=default(None), help="project folder holding data/ (default: the params file's folder)")
+    parser.add_argument("--json", action="store_true", default=default(False), help="print the step's summary as JSON on stdout")
+    parser.add_argument(
+        "--no-prefect",
+        action="store_true",
+        default=default(os.environ.get("NEGSET_NO_PREFECT") == "1"),
+        help="run without Prefect (also NEGSET_NO_PREFECT=1)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False), help="only warnings and errors")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="negset",
@@ -50,21 +74,19 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    p.add_argument("--root", default=None, help="project folder holding data/ (default: the params file's folder)")
-    p.add_argument("--json", action="store_true", help="print the step's summary as JSON on stdout")
-    p.add_argument(
-        "--no-prefect",
-        action="store_true",
-        default=os.environ.get("NEGSET_NO_PREFECT") == "1",
-        help="run without Prefect (also NEGSET_NO_PREFECT=1)",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    _global_options(p, defaults=True)
     p.add_argument("--version", action="version", version=f"negset {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    _add_init(add)
     for step in STEPS:
-        sub.add_parser(step, help=STEP_HELP[step], description=STEP_HELP[step])
-    coco = sub.add_parser(
+        add(step, help=STEP_HELP[step], description=STEP_HELP[step])
+    coco = add(
         "export-coco",
         help="the negatives as a COCO file (merged into the positives' COCO file when there is one)",
         description="Write the negatives as COCO images without annotations. When the positives are a COCO "
@@ -78,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     coco.add_argument("--positives", help="COCO file to merge into (default: ingest.positives.path when its format is coco)")
     coco.add_argument("--no-merge", action="store_true", help="write the negatives alone, not merged")
     coco.add_argument("--image-root", help="folder file_name is relative to (default: ingest.positives.images when merging, else data/negatives/images)")
-    yolo = sub.add_parser(
+    yolo = add(
         "export-yolo",
         help="the negatives in the Ultralytics YOLO layout (images/, empty labels/, negatives.txt)",
         description="Write images/ and labels/ siblings with matching stems (one empty .txt per negative: no "
@@ -87,9 +109,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     yolo.add_argument("--out", help="output folder (default: data/exports/yolo); replaced whole on each export")
-    sub.add_parser("build", help="run all steps in order, in one flow run")
-    sub.add_parser("check", help="validate the parameters file")
-    ev = sub.add_parser(
+    add("build", help="run all steps in order, in one flow run")
+    add("check", help="validate the parameters file")
+    ev = add(
         "evaluate",
         help="on a labelled pool: false-positive rate of a probe trained on the chosen vs random negatives",
         description="Compare the chosen negatives with random ones of the same size on a labelled pool "
@@ -99,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--confusers", help="comma-separated classes easily confused with the target (default: a built-in list)")
     ev.add_argument("--seeds", type=int, default=50, help="random splits to average over (default 50)")
     ev.add_argument("--count", type=int, help="negatives per split (default: select.count / select.ratio)")
-    ct = sub.add_parser(
+    ct = add(
         "check-tags",
         help="agreement of the tags with ground truth: panoptic stuff labels, hand lighting labels, masks",
         description="After `negset tag` on a labelled project: background clusters vs COCO panoptic stuff labels "
@@ -109,8 +131,61 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument("--panoptic", help="COCO panoptic JSON (default: tag.background.panoptic.json)")
     ct.add_argument("--masks", help="folder of the panoptic PNGs (default: tag.background.panoptic.masks)")
     ct.add_argument("--lighting-labels", help="CSV file,lighting,note (default: examples/lighting-labels-coco128.csv)")
-    sub.add_parser("refresh", help="ingest new objects, dvc repro, and release (dvc push, commit, tag) when the set changed")
+    add("refresh", help="ingest new objects, dvc repro, and release (dvc push, commit, tag) when the set changed")
     return p
+
+
+def _add_init(add) -> None:
+    init = add(
+        "init",
+        help="start a project of your own: params.yaml, dvc.yaml, .gitignore files, prefect.yaml, git + dvc",
+        description=textwrap.fill("Create a negset project in DIR (default: here): a commented params.yaml with every section, "
+        "a dvc.yaml whose stages depend on your data, their params sections and negset.lock (the negset version), "
+        "data/.gitignore, prefect.yaml; git init and dvc init when DIR is not a repository yet, and a local DVC "
+        "remote (.dvc-remote/) when there is no default remote. Files that exist are kept as they are, so running "
+        "it again changes nothing (after an upgrade it records the new version in negset.lock). Asks for what is "
+        "missing only when a terminal is attached.", 100),
+        epilog="examples:\n  negset init pets --positives /data/pets/instances.json --images /data/pets/images "
+        "--target dog\n  negset init --positives labels/ --format yolo --classes classes.txt --target car "
+        "--source /data/raw --source s3://bucket/raw/\n  negset init            (in a project, after upgrading "
+        "negset: records the new version)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    init.add_argument("dir", nargs="?", default=".", help="project folder (created when missing; default: here)")
+    init.add_argument("--positives", help="the COCO JSON, the YOLO label folder, or a list (text/CSV) of image paths")
+    init.add_argument("--format", choices=("coco", "yolo", "list"), help="format of --positives (default: from it: "
+                      ".json coco, a folder yolo, .txt/.csv list)")
+    init.add_argument("--target", action="append", default=[], help="class the negatives must not contain (repeat, "
+                      "or comma-separated)")
+    init.add_argument("--source", action="append", default=[], help="where candidates come from: a folder, "
+                      "s3://BUCKET/PREFIX or a URL list file (repeat; default: the positives' own folders)")
+    init.add_argument("--images", help="coco/yolo: the image folder the labels refer to (default: images/ beside "
+                      "the labels)")
+    init.add_argument("--classes", help="yolo: the class names file (default: classes.txt or data.yaml beside the labels)")
+    init.add_argument("--remote", help="DVC remote URL or folder when there is none (default: a folder in the "
+                      "project, .dvc-remote/)")
+
+
+def _init(args) -> dict:
+    from negset.tools import init as project_init
+
+    targets = [t.strip() for value in args.target for t in value.split(",") if t.strip()]
+    opts = project_init.Options(folder=Path(args.dir), positives=args.positives, format=args.format, target=targets,
+                                sources=args.source, images=args.images, classes=args.classes, remote=args.remote)
+    ask = project_init.terminal_prompt if project_init.interactive() else None
+    result = project_init.init(opts, ask)
+    if not args.json:
+        print(project_init.text_summary(result))
+    return {k: v for k, v in result.items() if k != "report"}
+
+
+def _project_check(params, root: str) -> None:
+    """Warn when negset.lock or dvc.yaml lag behind (an upgrade not recorded, a data folder not a dep)."""
+    from negset.tools.project import missing_deps, version_warning
+
+    for warning in [version_warning(Path(root))] + missing_deps(params, Path(root)):
+        if warning:
+            logging.getLogger("negset").warning("%s", warning)
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -124,12 +199,15 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _run(args) -> dict:
+    if args.command == "init":  # before any params.yaml exists
+        return _init(args)
     from negset.core.config import load_params
     from negset.pipeline import run_step
 
     params = load_params(args.params)  # fail fast, before any orchestration starts
     root = str(Path(args.root).resolve()) if args.root else str(Path(args.params).resolve().parent)
     params_path = str(Path(args.params).resolve())
+    _project_check(params, root)
     if args.command == "check":
         return params.model_dump(mode="json")
     if args.command in ("export-coco", "export-yolo"):  # quick file writes: no orchestration

@@ -171,6 +171,9 @@ class Ingest(_Section):
                               "(0, not recursive) or the one this many levels up (recursive)")
     s3: S3Connection = Field(default_factory=S3Connection, description="connection for s3:// positives and "
                              "the default S3 sources")
+    include_positive_folders: bool = Field(
+        False, description="with sources listed: also draw candidates from the folders the positives live in"
+    )
 
     @field_validator("target", mode="before")
     @classmethod
@@ -474,7 +477,7 @@ class Quality(_Section):
 
 
 class Select(_Section):
-    count: int | None = Field(None, ge=1, description="number of negatives to choose")
+    count: int | None = Field(8, ge=1, description="number of negatives to choose (default 8 unless ratio is set)")
     ratio: float | None = Field(None, gt=0, description="negatives per positive, used when count is not set")
     seed: int = 0
     quota: Literal["match", "uniform"] = Field("match", description="match: the positives' strata distribution; uniform: even over strata")
@@ -495,6 +498,14 @@ class Select(_Section):
     bands: Bands = Bands()
     context: Context = Context()
     quality: Quality = Quality()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ratio_without_count(cls, value: Any) -> Any:
+        """``ratio`` alone means negatives per positive: the default count must not win over it."""
+        if isinstance(value, dict) and value.get("ratio") is not None and "count" not in value:
+            return dict(value, count=None)
+        return value
 
     @model_validator(mode="after")
     def _size(self) -> "Select":
@@ -517,7 +528,7 @@ class Params(_Section):
     embed: Embed = Embed()
     detect: Detect = Detect()
     tag: Tag = Tag()
-    select: Select
+    select: Select = Select()
     export: Export = Export()
 
 
@@ -585,6 +596,8 @@ def _redact(text: str) -> str:
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    if isinstance(raw, dict):  # `select:` with nothing under it is the defaults, like a missing section
+        raw = {k: ({} if v is None and k in Params.model_fields and k != "ingest" else v) for k, v in raw.items()}
     if not isinstance(raw, dict):
         raise NegsetError(f"{source}: expected a mapping of sections (ingest, embed, detect, tag, select, export)")
     try:

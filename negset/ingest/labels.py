@@ -133,7 +133,7 @@ def load_yolo(labels_dir: Path, classes_file: Path, images: Path) -> LabelSet:
 
 
 def load_list(path: Path) -> set[Path]:
-    """Image paths from a text file (one per line) or a CSV (column path/uri/image or the first)."""
+    """Image paths from a text file (one per line) or a CSV (its column path/file/filename/image/uri, or the first)."""
     paths, uris = load_list_entries(path)
     if uris:
         first = sorted(uris)[0]
@@ -150,6 +150,37 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+# the columns of a positives CSV that hold the image, in order of preference (case-insensitive)
+LIST_COLUMNS = ("path", "file", "filename", "image", "uri")
+
+
+def _looks_like_path(cell: str) -> bool:
+    cell = cell.strip()
+    return "/" in cell or "\\" in cell or "://" in cell or bool(Path(cell).suffix)
+
+
+def _list_column(path: Path, rows: list[list[str]]) -> tuple[int, list[list[str]]]:
+    """Which column of a positives CSV holds the images, and the rows below its header.
+
+    A first row that names one of ``LIST_COLUMNS`` is the header; a first row
+    none of whose cells looks like a path (no folder, suffix or scheme) is a
+    header too, and naming no known column it is an error; otherwise the file
+    has no header and the first column is read.
+    """
+    if not rows:
+        return 0, []
+    header = [h.strip().lower() for h in rows[0]]
+    col = next((header.index(c) for c in LIST_COLUMNS if c in header), None)
+    if col is not None:
+        return col, rows[1:]
+    if any(_looks_like_path(h) for h in rows[0]):
+        return 0, rows
+    raise NegsetError(
+        f"{path}: line 1: the header ({', '.join(h.strip() for h in rows[0])}) names no image column",
+        hint=f"name the column of image paths one of: {', '.join(LIST_COLUMNS)} (any case), or drop the header",
+    )
+
+
 def load_list_entries(path: Path) -> tuple[set[Path], set[str]]:
     """Local image paths and s3:// URIs from a positives list."""
     if not path.is_file():
@@ -159,11 +190,8 @@ def load_list_entries(path: Path) -> tuple[set[Path], set[str]]:
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))
-        if rows:
-            header = [h.strip().lower() for h in rows[0]]
-            col = next((header.index(c) for c in ("path", "uri", "image", "file") if c in header), None)
-            body = rows[1:] if col is not None else rows
-            entries = [r[col or 0].strip() for r in body if r and r[col or 0].strip()]
+        col, body = _list_column(path, rows)
+        entries = [r[col].strip() for r in body if len(r) > col and r[col].strip()]
     else:
         entries = [s.strip() for s in path.read_text(encoding="utf-8").splitlines()]
         entries = [s for s in entries if s and not s.startswith("#")]

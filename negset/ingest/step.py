@@ -96,6 +96,17 @@ def default_s3_specs(uris: set[str], depth: int, connection) -> list[S3SourceSpe
     ]
 
 
+def _uncovered_folders(own: list[LocalSourceSpec], listed, root: Path) -> list[LocalSourceSpec]:
+    """The positives' folders (as default sources) that no listed local source walks."""
+    walked = [((root / s.path).resolve(), s.recursive) for s in listed if s.type == "local"]
+    out = []
+    for spec in own:
+        folder = Path(spec.path).resolve()
+        if not any(folder == w or (recursive and w in folder.parents) for w, recursive in walked):
+            out.append(spec)
+    return out
+
+
 def store_object(layout: Layout, sha256: str, data: bytes) -> Path:
     target = layout.object_path(sha256)
     if not target.exists():
@@ -107,10 +118,12 @@ def run(params: Params, layout: Layout) -> dict:
     cfg = params.ingest
     positives = load_positives(cfg.positives, cfg.target, layout.root)
     targets = set(cfg.target)
-    specs = list(cfg.sources) or (
-        default_source_specs(positives.paths, cfg.source_depth)
-        + default_s3_specs(positives.uris, cfg.source_depth, cfg.s3)
-    )
+    own_folders = default_source_specs(positives.paths, cfg.source_depth)
+    left_out = _uncovered_folders(own_folders, cfg.sources, layout.root) if cfg.sources else []
+    specs = list(cfg.sources) or (own_folders + default_s3_specs(positives.uris, cfg.source_depth, cfg.s3))
+    if left_out and cfg.include_positive_folders:
+        specs += left_out
+        left_out = []
     previous = Previous.load(layout)
     sources = build_sources(specs, layout.root, layout, previous)
     for i, src in enumerate(sources if cfg.sources else ()):  # validate local folders before anything is written
@@ -270,9 +283,22 @@ def run(params: Params, layout: Layout) -> dict:
     journal.close(done=True)  # pins.parquet holds it all now
     pruned = _prune_objects(layout, set(rows))
     known.save()
+    pool = {s.name: 0 for s in sources}
+    for r in rows.values():
+        if r["role"] == "candidate":
+            pool[r["source"]] = pool.get(r["source"], 0) + 1
+    left_out_names = [layout.uri(Path(f.path)) for f in left_out]
+    if left_out_names:
+        log.warning(
+            "ingest: ingest.sources leaves out the folder(s) the positives live in (%s): their other images are "
+            "not candidates; set ingest.include_positive_folders: true to draw from them too",
+            ", ".join(left_out_names),
+        )
     summary = dict(
         target=list(cfg.target),
         sources=[s.name for s in sources],
+        candidates_per_source=pool,  # which folders (prefixes, lists) the pool came from
+        positive_folders_left_out=left_out_names,
         images=len(rows),
         positives=n_pos,
         candidates=n_cand,
@@ -281,8 +307,8 @@ def run(params: Params, layout: Layout) -> dict:
     )
     atomic.write_json(layout.ingest / "summary.json", summary)
     log.info(
-        "ingest: %d images (%d positives, %d candidates), %d rejected",
-        len(rows), n_pos, n_cand, len(rejected),
+        "ingest: %d images (%d positives, %d candidates), %d rejected; candidates per source: %s",
+        len(rows), n_pos, n_cand, len(rejected), ", ".join(f"{k} {v}" for k, v in pool.items()),
     )
     if fetched or removed:
         log.info("ingest: %d downloaded, %d reused, %d left the pool, %d stored objects pruned",

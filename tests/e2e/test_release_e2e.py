@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from negset.tools import release as version
-from tests.conftest import BIN, COCO128, SAMPLE, copy_project, run, write_params
+from tests.conftest import BIN, SAMPLE, copy_project, run, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +37,39 @@ AWS_ENV = dict(
 
 
 def source_images(n: int, skip: int = 0) -> list[Path]:
-    """COCO128 photos that are not in the sample (the sample's are the positives' folder)."""
-    taken = {p.name for p in (SAMPLE / "images").iterdir()}
-    pool = sorted(p for p in (COCO128 / "images").iterdir() if p.name not in taken)
-    return pool[skip: skip + n]
+    """New photos for the source: distinct crops of the sample's photos (no ../shared needed), made once each.
+
+    Image ``i`` is a crop of sample photo ``i % 33`` at an offset of its own,
+    mirrored every other round, so every image has other bytes and content;
+    ``make_repo`` turns the near-duplicate checks off, so each is a negative.
+    """
+    from PIL import Image, ImageOps
+
+    folder = NEW_IMAGES[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = sorted((SAMPLE / "images").glob("*.jpg"))
+    out = []
+    for i in range(skip, skip + n):
+        path = folder / f"new-{i:03d}.jpg"
+        if not path.exists():
+            with Image.open(photos[i % len(photos)]) as im:
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                w, h = im.size
+                k = i // len(photos)
+                box = (int(w * 0.05 * (k + 1)), int(h * 0.04 * (k + 1)), int(w * (0.8 + 0.05 * k)), int(h * (0.85 + 0.04 * k)))
+                crop = im.crop(box).resize((320, 240))
+                (ImageOps.mirror(crop) if k % 2 else crop).save(path, quality=88)
+        out.append(path)
+    return out
+
+
+NEW_IMAGES: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _new_images_folder(tmp_path_factory):
+    NEW_IMAGES[:] = [tmp_path_factory.mktemp("new-images")]
+    yield
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +142,9 @@ def make_repo(root: Path, source: FolderSource | BucketSource, endpoint: str, pr
     write_params(
         root,
         ingest={"sources": [source.spec]},
-        # more than the pool, and no rule that leaves images out: every candidate is a negative
-        select={"count": 1000, "quarantine": {"enabled": False},
+        # more than the pool, and no rule that leaves images out: every candidate is a negative (the new
+        # images are crops of the sample's photos: no near-duplicate check)
+        select={"count": 1000, "quarantine": {"enabled": False}, "leaks": {"near_duplicate": 0, "hash_bits": 0},
                 "context": {"irrelevant_below_percentile": 0, "require_positive_background": False},
                 "quality": {k: None for k in ("dark", "light", "low_information", "near_uniform", "blurry",
                                               "odd_aspect_ratio", "tiny")}},

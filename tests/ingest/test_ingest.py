@@ -104,3 +104,35 @@ def test_local_listing_names_files_as_resolving_each_path_would(project, tmp_pat
     assert "pool/nested/photo.dat" in by_name and "pool/a.jpg" in by_name
     assert by_name["pool/nested/photo.dat"].local_path == (src / "nested" / "photo.dat").resolve()
     assert (outside / "far.jpg").resolve().as_uri() in by_name
+
+
+def test_the_summary_says_where_the_pool_came_from_and_what_the_sources_leave_out(project):
+    src, imgs = build_source(project)
+    layout = Layout.at(project)
+    own = ingest.run(load_params(project / "params.yaml"), layout)  # default: the positives' folder
+    assert own["candidates_per_source"] == {"examples/coco-sample/images": 17}
+    assert own["positive_folders_left_out"] == []
+
+    write_params(project, ingest={"sources": [{"type": "local", "path": "pool"}]})
+    listed = ingest.run(load_params(project / "params.yaml"), layout)
+    assert listed["candidates_per_source"] == {"pool": listed["candidates"]}
+    assert listed["positive_folders_left_out"] == ["examples/coco-sample/images"]
+    assert atomic_json(layout.ingest / "summary.json")["positive_folders_left_out"] == ["examples/coco-sample/images"]
+
+    write_params(project, ingest={"sources": [{"type": "local", "path": "pool"}], "include_positive_folders": True})
+    both = ingest.run(load_params(project / "params.yaml"), layout)
+    per_source = both["candidates_per_source"]
+    assert list(per_source) == ["pool", "examples/coco-sample/images"] and both["positive_folders_left_out"] == []
+    # the pool's images are copies of sample photos: each distinct image counts once, for the source listed first
+    assert per_source["pool"] == listed["candidates"] and sum(per_source.values()) == both["candidates"] == 17
+
+    # a listed source that walks the positives' folder leaves nothing out
+    write_params(project, ingest={"sources": [{"type": "local", "path": "examples"}], "include_positive_folders": False})
+    walked = ingest.run(load_params(project / "params.yaml"), layout)
+    assert walked["positive_folders_left_out"] == [] and walked["candidates_per_source"] == {"examples": 17}
+
+
+def atomic_json(path):
+    import json
+
+    return json.loads(path.read_text())

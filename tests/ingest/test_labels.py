@@ -55,3 +55,33 @@ def test_missing_annotation_file(tmp_path):
     spec = Positives(format="coco", path="missing.json", images=str(SAMPLE / "images"))
     with pytest.raises(NegsetError, match="missing.json: COCO annotation file not found"):
         load_positives(spec, ["person"], tmp_path)
+
+
+@pytest.mark.parametrize("header", ["path", "File", "FILENAME", "image", "uri"])
+def test_a_positives_csv_is_read_by_its_column(tmp_path, header):
+    from negset.ingest.labels import load_list_entries
+
+    names = sorted(p.name for p in (SAMPLE / "images").iterdir())[:3]
+    rows = [f"label,{header},note"] + [f"person,{SAMPLE / 'images' / n},x" for n in names]
+    (tmp_path / "pos.csv").write_text("\n".join(rows) + "\n")
+    paths, uris = load_list_entries(tmp_path / "pos.csv")
+    assert paths == {(SAMPLE / "images" / n).resolve() for n in names} and not uris
+
+
+def test_a_positives_csv_header_naming_no_image_column_lists_the_accepted_ones(tmp_path):
+    from negset.ingest.labels import LIST_COLUMNS, load_list_entries
+
+    (tmp_path / "pos.csv").write_text("picture,label\na.jpg,person\n")
+    with pytest.raises(NegsetError) as info:
+        load_list_entries(tmp_path / "pos.csv")
+    msg = str(info.value)
+    assert "pos.csv: line 1" in msg and "picture" in msg and all(c in msg for c in LIST_COLUMNS)
+
+
+def test_a_positives_csv_without_header_reads_its_first_column(tmp_path):
+    from negset.ingest.labels import load_list_entries
+
+    first = sorted((SAMPLE / "images").iterdir())[0]
+    (tmp_path / "pos.csv").write_text(f"{first},person\n")
+    paths, _ = load_list_entries(tmp_path / "pos.csv")
+    assert paths == {first.resolve()}
