@@ -30,10 +30,15 @@ def field_at(dotted: str):
     """The pydantic field of a dotted key (None when no such key)."""
     model, info = Params, None
     for part in dotted.split("."):
+        item = part.endswith("[]")  # sources[].classes: a key of each list entry
+        part = part.removesuffix("[]")
         if model is None or part not in model.model_fields:
             return None
         info = model.model_fields[part]
         ann = info.annotation
+        if item:
+            args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type)]
+            ann = args[0] if args else None
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return info
 

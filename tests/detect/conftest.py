@@ -17,6 +17,14 @@ def set_detect(root: Path, **detect) -> None:
     params = yaml.safe_load(path.read_text())
     params["detect"] = detect
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+    # the stage depends on the predictions and model files the sources name (as `negset init` writes it)
+    from negset.core.errors import NegsetError
+    from negset.tools.project import render_dvc_yaml
+
+    try:
+        (root / "dvc.yaml").write_text(render_dvc_yaml(load_params(path), root, dev=True))
+    except NegsetError:  # a test of a mistake in these parameters: the step itself must say it
+        pass
 
 
 def run_detect(root: Path) -> dict:
