@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,7 @@ def run_choose(folder: Path, n_pos: int, count: int) -> dict:
         planted_leaks_rejected=int(np.isin(leaks, np.flatnonzero(choice.status == "near_duplicate")).sum()),
         planted_leaks_chosen=len(chosen & set(leaks.tolist())),
         rejected_by_rule=rules,
-        chosen_by_band={b: choice.band.count(b) for b in set(choice.band)},
+        chosen_by_band=dict(Counter(choice.band)),
         timings=choice.info["timings"],
     )
 
