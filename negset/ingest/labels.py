@@ -7,7 +7,6 @@ path) the list of its boxes, as class name plus a normalised box
 
 from __future__ import annotations
 
-import csv
 import difflib
 import json
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import yaml
 
 from negset.core.config import Positives
 from negset.core.errors import NegsetError
+from negset.core.listfile import read_list_entries
 
 
 @dataclass(frozen=True)
@@ -155,18 +155,7 @@ def load_list_entries(path: Path) -> tuple[set[Path], set[str]]:
     if not path.is_file():
         raise NegsetError(f"{path}: positives list not found", hint="check ingest.positives.path")
     base = path.parent
-    entries: list[str] = []
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
-        if rows:
-            header = [h.strip().lower() for h in rows[0]]
-            col = next((header.index(c) for c in ("path", "uri", "image", "file") if c in header), None)
-            body = rows[1:] if col is not None else rows
-            entries = [r[col or 0].strip() for r in body if r and r[col or 0].strip()]
-    else:
-        entries = [s.strip() for s in path.read_text(encoding="utf-8").splitlines()]
-        entries = [s for s in entries if s and not s.startswith("#")]
+    entries = [entry for _, entry in read_list_entries(path, ("path", "uri", "image", "file"))]
     out: set[Path] = set()
     uris: set[str] = set()
     for entry in entries:

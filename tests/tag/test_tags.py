@@ -14,7 +14,7 @@ from negset.embed import step as embed
 from negset.ingest import step as ingest
 from negset.tag import step as tags
 from negset.tag.lighting import LIGHTING_CLASSES, lighting_tag, luminance_stats
-from tests.conftest import write_params
+from tests.conftest import tag_project, write_params
 
 
 def gray(value: int) -> Image.Image:
@@ -124,10 +124,7 @@ def test_tags_of_old_images_stay_when_new_images_arrive(project):
 
 
 def test_clusters_refit_when_many_images_are_new(project):
-    layout = Layout.at(project)
-    params = load_params(project / "params.yaml")
-    for step in (ingest, embed, tags):
-        step.run(params, layout)
+    layout, _ = tag_project(project)
     assert json.loads((layout.tags / "clusters.json").read_text())["refit"] is True
     write_params(project, tag={"background": {"clusters": 0, "seed": 0, "refit_share": 0.2}})
     tags.run(load_params(project / "params.yaml"), layout)

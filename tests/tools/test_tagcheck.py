@@ -8,13 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from negset.cli import main
-from negset.core.config import load_params
-from negset.core.layout import Layout
-from negset.embed import step as embed
-from negset.ingest import step as ingest
-from negset.tag import step as tags
 from negset.tag.sources import file_name
-from tests.conftest import copy_project, write_params
+from tests.conftest import copy_project, tag_project, write_params
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +17,7 @@ def tagged(tmp_path_factory):
     """The sample through ingest, embed (whole images only) and tag, with a panoptic file for two of its images."""
     root = copy_project(tmp_path_factory.mktemp("tagcheck") / "proj")
     write_params(root, embed={"regions": 0})
-    layout, params = Layout.at(root), load_params(root / "params.yaml")
-    for step in (ingest, embed, tags):
-        step.run(params, layout)
+    layout, _ = tag_project(root)
     names = sorted(file_name(r["uri"]) for r in pq.read_table(layout.ingest / "images.parquet").to_pylist())
     panoptic = {
         "categories": [{"id": 1, "name": "wall", "isthing": 0, "supercategory": "wall"},
