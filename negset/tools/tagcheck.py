@@ -225,10 +225,32 @@ def _match_lighting_labels(path: Path, labels: dict[str, tuple[str, str]], uniqu
     return matched
 
 
-def check(params: Params, layout: Layout, panoptic: str | None = None, masks: str | None = None,
-          lighting_labels: str | None = None) -> dict:
+def _lighting_agreement(path: Path, labels: dict, hand: list[tuple[str, str]], tag_of: dict[str, dict]) -> dict:
+    """The computed lighting class against the hand labels ``hand`` (file name, label) read from ``path``."""
     from negset.tag.lighting import LIGHTING_CLASSES
 
+    pairs = [(name, lab, tag_of[name].get("lighting_computed") or tag_of[name]["lighting"]) for name, lab in hand]
+    truth = [p[1] for p in pairs]
+    pred = [p[2] for p in pairs]
+    return dict(
+        labels_file=str(path),
+        labels=len(labels),
+        images=len(pairs),
+        missing=sorted(set(labels) - set(tag_of)),
+        accuracy=(sum(t == p for t, p in zip(truth, pred)) / len(pairs)) if pairs else 0.0,
+        majority_baseline=(Counter(truth).most_common(1)[0][1] / len(truth)) if truth else 0.0,
+        confusion=confusion(truth, pred, list(LIGHTING_CLASSES)),
+        disagreements=[dict(file=n, label=t, tag=p) for n, t, p in pairs if t != p],
+    )
+
+
+def check(params: Params, layout: Layout, panoptic: str | None = None, masks: str | None = None,
+          lighting_labels: str | None = None) -> dict:
+    """Background, lighting and occlusion agreement, written to ``data/tags/agreement.json``.
+
+    One block per check, in the order of the file (long for that reason); the
+    tags and the lighting labels are checked before the panoptic labels are read.
+    """
     tags_path = layout.tags / "tags.parquet"
     if not tags_path.exists():
         raise NegsetError(f"{tags_path}: missing; the 'tag' step has not run", hint="run `negset tag` first")
@@ -277,20 +299,7 @@ def check(params: Params, layout: Layout, panoptic: str | None = None, masks: st
         scene_ami=adjusted_mutual_information(clusters, scenes) if scenes else 0.0,
     )
 
-    # lighting
-    pairs = [(name, lab, tags[unique[name]].get("lighting_computed") or tags[unique[name]]["lighting"]) for name, lab in hand]
-    truth = [p[1] for p in pairs]
-    pred = [p[2] for p in pairs]
-    result["lighting"] = dict(
-        labels_file=str(labels_path),
-        labels=len(labels),
-        images=len(pairs),
-        missing=sorted(set(labels) - set(unique)),
-        accuracy=(sum(t == p for t, p in zip(truth, pred)) / len(pairs)) if pairs else 0.0,
-        majority_baseline=(Counter(truth).most_common(1)[0][1] / len(truth)) if truth else 0.0,
-        confusion=confusion(truth, pred, list(LIGHTING_CLASSES)),
-        disagreements=[dict(file=n, label=t, tag=p) for n, t, p in pairs if t != p],
-    )
+    result["lighting"] = _lighting_agreement(labels_path, labels, hand, {n: tags[s] for n, s in unique.items()})
 
     # occlusion
     if mask_dir is not None:
