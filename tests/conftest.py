@@ -99,15 +99,16 @@ def write_params(root: Path, **sections) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def tag_project(root: Path, params_yaml: str):
-    """Write ``params_yaml`` as root/params.yaml and run ingest, embed and tag in this process."""
+def tag_project(root: Path, params_yaml: str | None = None):
+    """Run ingest, embed and tag in this process (after writing ``params_yaml`` as root/params.yaml, when given)."""
     from negset.core.config import load_params
     from negset.core.layout import Layout
     from negset.embed import step as embed
     from negset.ingest import step as ingest
     from negset.tag import step as tags
 
-    (root / "params.yaml").write_text(params_yaml)
+    if params_yaml is not None:
+        (root / "params.yaml").write_text(params_yaml)
     layout, params = Layout.at(root), load_params(root / "params.yaml")
     for step in (ingest, embed, tags):
         step.run(params, layout)

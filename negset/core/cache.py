@@ -1,45 +1,113 @@
-"""Per-image results cached by sha256 in Parquet parts (for work that depends on pixels only).
+"""Results cached by key (an image's sha256, or sha256 plus more) in parts under one folder.
 
-Parts are written atomically; a killed run keeps what it finished and a
-refresh computes only what is new.
+For work that depends on the pixels (and the model) alone: whole-image
+embeddings, region vectors, pixel statistics, report thumbnails. Each part is
+one file written atomically and never changed, so a killed run keeps the parts
+it finished and a refresh computes only what is new.
+
+A part is named by the hash of its keys plus a random suffix
+(``part-<keys hash>-<random>.<ext>``): processes that add parts to one folder at
+once (Dask workers, two steps) never pick the same name, so none overwrites
+another's part. When two parts hold one key (two workers did the same image),
+the first by name is used: both hold the same work on the same pixels.
+
+How a part stores its values is the cache's ``PartFormat``: rows of scalar
+fields in Parquet (``RowParts``, here), vectors in the step that makes them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import uuid
 from pathlib import Path
-
-import pyarrow as pa
+from typing import Generic, Mapping, Protocol, TypeVar
 
 from negset.core import atomic
 from negset.core import parquet as pq
 
 log = logging.getLogger("negset.cache")
 
+V = TypeVar("V")
 
-class ShaCache:
-    def __init__(self, folder: Path):
+
+class PartFormat(Protocol[V]):
+    """How one part file holds {key: value}."""
+
+    suffix: str  # the file extension, with its dot
+
+    def write(self, path: Path, rows: Mapping[str, V]) -> None: ...
+
+    def read(self, path: Path) -> dict[str, V]: ...
+
+
+def part_name(keys, suffix: str) -> str:
+    """``part-<hash of the keys>-<random>``: unique even when two writers cache the same keys."""
+    digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
+    return f"part-{digest}-{uuid.uuid4().hex[:12]}{suffix}"
+
+
+class PartCache(Generic[V]):
+    """{key: value} read from every part in ``folder``; ``add`` writes a new part."""
+
+    def __init__(self, folder: Path, fmt: PartFormat[V]):
         self.folder = Path(folder)
-        self.rows: dict[str, dict] = {}
-        for part in sorted(self.folder.glob("part-*.parquet")):
+        self.format = fmt
+        self.rows: dict[str, V] = {}
+        for part in sorted(self.folder.glob(f"part-*{fmt.suffix}")):
             try:
-                for row in pq.read_table(part).to_pylist():
-                    self.rows[row["sha256"]] = row
-            except Exception as exc:
+                got = fmt.read(part)
+            except Exception as exc:  # parts are written atomically; be safe anyway: its items are computed again
                 log.warning("cache: ignoring unreadable %s (%s)", part, exc)
+                continue
+            for key, value in got.items():
+                self.rows.setdefault(key, value)
 
-    def get(self, sha256: str, keys: set[str] | None = None) -> dict | None:
-        """The cached row, if present and (when ``keys`` is given) with exactly those fields."""
-        row = self.rows.get(sha256)
-        if row is None or (keys is not None and set(row) - {"sha256"} != keys):
-            return None
-        return {k: v for k, v in row.items() if k != "sha256"}
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
 
-    def add(self, rows: dict[str, dict]) -> None:
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, key: str) -> V | None:
+        return self.rows.get(key)
+
+    def add(self, rows: Mapping[str, V]) -> Path | None:
+        """Write ``rows`` as one new part (nothing when empty); return its path."""
         if not rows:
-            return
-        n = len(list(self.folder.glob("part-*.parquet"))) if self.folder.exists() else 0
-        table = pa.Table.from_pylist([{"sha256": s, **r} for s, r in rows.items()])
-        atomic.write_parquet(table, self.folder / f"part-{n:06d}.parquet")
-        for s, r in rows.items():
-            self.rows[s] = {"sha256": s, **r}
+            return None
+        path = self.folder / part_name(rows, self.format.suffix)
+        self.format.write(path, rows)
+        self.rows.update(rows)
+        return path
+
+
+class RowParts:
+    """Parquet parts of one row of scalar fields per key (the key in column ``key_column``)."""
+
+    suffix = ".parquet"
+
+    def __init__(self, key_column: str = "sha256"):
+        self.key_column = key_column
+
+    def write(self, path: Path, rows: Mapping[str, dict]) -> None:
+        import pyarrow as pa
+
+        atomic.write_parquet(pa.Table.from_pylist([{self.key_column: k, **r} for k, r in rows.items()]), path)
+
+    def read(self, path: Path) -> dict[str, dict]:
+        out = {}
+        for row in pq.read_table(path).to_pylist():
+            out[row.pop(self.key_column)] = row
+        return out
+
+
+def row_cache(folder: Path) -> PartCache[dict]:
+    """A cache of one row of fields per image sha256 (pixel statistics, thumbnails)."""
+    return PartCache(folder, RowParts())
+
+
+def fields(cache: PartCache[dict], key: str, names: set[str]) -> dict | None:
+    """The cached row of ``key`` when it has exactly the fields ``names`` (rows of older code are not reused)."""
+    row = cache.get(key)
+    return row if row is not None and set(row) == names else None

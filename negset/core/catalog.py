@@ -17,6 +17,18 @@ from negset.core.errors import NegsetError
 from negset.core.layout import Layout
 
 
+# the step (and so the command, `negset STEP`) that writes each table's Parquet file
+TABLE_STEP = {
+    "images": "ingest",
+    "labels": "ingest",
+    "rejected_ingest": "ingest",
+    "embeddings": "embed",
+    "tags": "tag",
+    "selection": "select",
+    "strata": "select",
+}
+
+
 def table_files(layout: Layout) -> dict[str, Path]:
     return {
         "images": layout.ingest / "images.parquet",
@@ -53,6 +65,6 @@ def load(con: duckdb.DuckDBPyConnection, layout: Layout, *names: str) -> None:
     for name in names:
         path = files[name]
         if not path.exists():
-            step = path.parent.name
+            step = TABLE_STEP[name]
             raise NegsetError(f"{path}: missing; the '{step}' step has not run", hint=f"run `negset {step}` first")
         con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM read_parquet(?)", [str(path)])

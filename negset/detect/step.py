@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from negset.core import atomic, catalog
 from negset.core import parquet as pq
-from negset.core.cache import ShaCache
+from negset.core.cache import fields, row_cache
 from negset.core.config import DetectSource, Params
 from negset.core.imageio import load_rgb
 from negset.core.layout import Layout
@@ -66,8 +66,8 @@ def target_classes(params: Params) -> set[str]:
 
 def _run_detector(det, layout: Layout, images: list[dict], every: int) -> tuple[list[dict], list[dict], dict]:
     """Detections of one ONNX detector on every image (cached), rejected images, and timing."""
-    cache = ShaCache(layout.data / "cache" / "detect" / det.key())
-    todo = [im for im in images if cache.get(im["sha256"], _CACHE_KEYS) is None]
+    cache = row_cache(layout.data / "cache" / "detect" / det.key())
+    todo = [im for im in images if fields(cache, im["sha256"], _CACHE_KEYS) is None]
     log.info("detect %s: %d images, %d cached, %d to run (%s layout, %d px, %d window(s) per image)",
              det.src.label, len(images), len(images) - len(todo), len(todo), det.layout, det.size, det.windows_per_image)
     rejected, pending = [], {}
@@ -93,7 +93,7 @@ def _run_detector(det, layout: Layout, images: list[dict], every: int) -> tuple[
                   images_per_s=round(ran / elapsed, 2) if ran and elapsed > 0 else None)
     rows = []
     for im in images:
-        hit = cache.get(im["sha256"], _CACHE_KEYS)
+        hit = fields(cache, im["sha256"], _CACHE_KEYS)
         if hit is None:
             continue
         boxes = np.asarray(hit["box"], np.float64).reshape(-1, 4)

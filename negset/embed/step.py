@@ -7,7 +7,6 @@ through ``negset.embed.store``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import numpy as np
@@ -15,6 +14,7 @@ import pyarrow as pa
 
 from negset.core import atomic
 from negset.core import parquet as pq
+from negset.core.cache import PartCache
 from negset.core.config import Embed, Params
 from negset.core.layout import Layout
 from negset.core.progress import track
@@ -36,39 +36,37 @@ def _rows_table(rows: list[dict], dim: int) -> pa.Table:
     )
 
 
-class EmbeddingCache:
-    """Vectors by image sha256 for one model hash, in Parquet parts under data/cache/embed/.
+class EmbeddingParts:
+    """Cache parts of whole-image vectors: Parquet with the columns of embeddings.parquet."""
 
-    Parts are written atomically as work progresses, so a killed run resumes
-    where it stopped, and no image is embedded twice across refreshes.
+    suffix = ".parquet"
+
+    def write(self, path, rows: dict[str, dict]) -> None:
+        values = list(rows.values())
+        atomic.write_parquet(_rows_table(values, len(values[0]["embedding"])), path)
+
+    def read(self, path) -> dict[str, dict]:
+        table = pq.read_table(path)
+        dim = table.column("embedding").type.list_size
+        vectors = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        out = {}
+        for i, row in enumerate(table.drop_columns(["embedding"]).to_pylist()):
+            row["embedding"] = vectors[i].astype(np.float32)
+            out[row["sha256"]] = row
+        return out
+
+
+def embedding_cache(layout: Layout, key: str) -> PartCache[dict]:
+    """Vectors by image sha256 for one model hash, under data/cache/embed/<key>/.
+
+    Parts are written as work progresses, so a killed run resumes where it
+    stopped, and no image is embedded twice across refreshes; workers on other
+    processes or machines add parts at once (see ``negset.core.cache``).
     """
-
-    def __init__(self, layout: Layout, key: str):
-        self.folder = layout.data / "cache" / "embed" / key
-        self.rows: dict[str, dict] = {}
-        for part in sorted(self.folder.glob("part-*.parquet")):
-            try:
-                table = pq.read_table(part)
-            except Exception:  # a part from a crash mid-write cannot exist (atomic), but be safe
-                log.warning("embed cache: ignoring unreadable %s", part)
-                continue
-            dim = table.column("embedding").type.list_size
-            vectors = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
-            for i, row in enumerate(table.drop_columns(["embedding"]).to_pylist()):
-                row["embedding"] = vectors[i].astype(np.float32)
-                self.rows[row["sha256"]] = row
-
-    def add(self, rows: list[dict]) -> None:
-        if not rows:
-            return
-        # named by content, so workers on other processes or machines can add parts at once
-        name = hashlib.sha256("".join(r["sha256"] for r in rows).encode()).hexdigest()[:24]
-        atomic.write_parquet(_rows_table(rows, len(rows[0]["embedding"])), self.folder / f"part-{name}.parquet")
-        for r in rows:
-            self.rows[r["sha256"]] = r
+    return PartCache(layout.data / "cache" / "embed" / key, EmbeddingParts())
 
 
-def _embed_into(cache: EmbeddingCache, key: str, cfg: Embed, layout: Layout, todo: list[dict], emb=None) -> list[dict]:
+def _embed_into(cache: PartCache[dict], key: str, cfg: Embed, layout: Layout, todo: list[dict], emb=None) -> list[dict]:
     """Embed ``todo`` (dicts with sha256 and uri) into ``cache``; return the rejected ones."""
     emb = ready_embedder(cfg, layout, key, emb)
     log.info("embed: %s on %s (%s)", emb.name, emb.device, emb.runtime)
@@ -91,9 +89,9 @@ def _embed_into(cache: EmbeddingCache, key: str, cfg: Embed, layout: Layout, tod
                 )
             )
         if len(pending) >= cfg.checkpoint_every:
-            cache.add(pending)
+            cache.add({r["sha256"]: r for r in pending})
             pending = []
-    cache.add(pending)
+    cache.add({r["sha256"]: r for r in pending})
     return rejected
 
 
@@ -109,7 +107,7 @@ def _identity(cfg: Embed, layout: Layout):
 def pending(params: Params, layout: Layout) -> list[str]:
     """sha256 of the ingested images that have no cached vector yet (the work to share out)."""
     _, key, _ = _identity(params.embed, layout)
-    cache = EmbeddingCache(layout, key)
+    cache = embedding_cache(layout, key)
     shas = pq.read_table(layout.ingest / "images.parquet", columns=["sha256"]).column("sha256").to_pylist()
     return [s for s in shas if s not in cache.rows]
 
@@ -117,7 +115,7 @@ def pending(params: Params, layout: Layout) -> list[str]:
 def embed_shard(params: Params, layout: Layout, shas: list[str]) -> list[dict]:
     """Embed one shard of images into the shared cache (a distributed worker's unit of work)."""
     identity, key, emb = _identity(params.embed, layout)
-    cache = EmbeddingCache(layout, key)
+    cache = embedding_cache(layout, key)
     rows = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "uri"]).to_pylist()
     uris = {r["sha256"]: r["uri"] for r in rows}
     todo = [dict(sha256=s, uri=uris.get(s, s)) for s in shas if s not in cache.rows]
@@ -133,15 +131,16 @@ def run(params: Params, layout: Layout, compute=None) -> dict:
     cfg = params.embed
     images = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "uri"]).to_pylist()
     identity, key, emb = _identity(cfg, layout)
-    cache = EmbeddingCache(layout, key)
+    cache = embedding_cache(layout, key)
     todo = [im for im in images if im["sha256"] not in cache.rows]
     log.info("embed: %d images, %d cached, %d to embed", len(images), len(images) - len(todo), len(todo))
     rejected = []
     n_new = len(todo)
     if todo and compute is not None:  # e.g. shards on a Dask cluster, filling the same cache
         rejected = compute([im["sha256"] for im in todo])
-        cache = EmbeddingCache(layout, key)
-        todo = [im for im in todo if im["sha256"] not in cache.rows and im["sha256"] not in {r["sha256"] for r in rejected}]
+        cache = embedding_cache(layout, key)
+        failed = {r["sha256"] for r in rejected}
+        todo = [im for im in todo if im["sha256"] not in cache.rows and im["sha256"] not in failed]
     if todo:  # the model is loaded only when there is work for it
         rejected += _embed_into(cache, key, cfg, layout, todo, emb)
     rows = [cache.rows[im["sha256"]] for im in images if im["sha256"] in cache.rows]

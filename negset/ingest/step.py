@@ -258,7 +258,8 @@ def run(params: Params, layout: Layout) -> dict:
             sources.append(src)
             for item in fetch(src.objects_for(keys), src.workers):
                 take(*item)
-    missing = sorted(u for u in positives.uris if u not in {r["uri"] for r in pins if r["status"] == "image"})
+    read = {r["uri"] for r in pins if r["status"] == "image"}
+    missing = sorted(u for u in positives.uris if u not in read)
     if missing:
         raise NegsetError(f"ingest.positives: {len(missing)} s3:// positive(s) could not be read as images, "
                           f"first: {missing[0]}", hint="the warnings above name the cause of each")

@@ -279,16 +279,16 @@ class _Thumbs:
     (they depend on the pixels alone): a refresh decodes only images it has not shown before."""
 
     def __init__(self, layout: Layout):
-        from negset.core.cache import ShaCache
+        from negset.core.cache import row_cache
 
         self.layout = layout
         self.cache: dict[str, str | None] = {}
-        self.stored = ShaCache(layout.data / "cache" / "thumbs" / str(THUMB_PX))
+        self.stored = row_cache(layout.data / "cache" / "thumbs" / str(THUMB_PX))
         self.new: dict[str, dict] = {}
 
     def uri(self, sha: str) -> str | None:
         if sha not in self.cache:
-            row = self.stored.get(sha, {"uri"})
+            row = self.stored.get(sha)
             if row is not None:
                 self.cache[sha] = row["uri"]
             else:

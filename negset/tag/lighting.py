@@ -133,10 +133,6 @@ def lighting_tag(stats: dict, cfg: Lighting) -> tuple[str, float, str]:
     return cls, conf, "pixels"
 
 
-def lighting_class(stats: dict, cfg: Lighting) -> str:
-    return lighting_tag(stats, cfg)[0]
-
-
 def color_temperature(stats: dict, cfg: Lighting) -> str:
     r = stats["rb_ratio"]
     return "warm" if r > cfg.warm_above else "cool" if r < cfg.cool_below else "neutral"

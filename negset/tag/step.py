@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from negset.core import atomic
 from negset.core import parquet as pq
-from negset.core.cache import ShaCache
+from negset.core.cache import fields, row_cache
 from negset.core.config import Background, Occlusion, Params
 from negset.core.imageio import load_rgb
 from negset.core.layout import Layout
@@ -115,19 +115,19 @@ def cluster_names(labels: np.ndarray, top5: list[list[int]], names: list[str]) -
 
 def cached_pixel_stats(layout: Layout, shas: list[str], compute) -> list[dict]:
     """``compute(sha)`` for each image, cached by sha256 in data/cache/pixels (pixels never change)."""
-    cache = ShaCache(layout.data / "cache" / "pixels")
+    cache = row_cache(layout.data / "cache" / "pixels")
     if not shas:
         return []
     first = compute(shas[0])  # the current set of fields: a cache from older code is not reused
     keys = set(first)
     results: dict[str, dict] = {shas[0]: first}
-    todo = [s for s in shas[1:] if cache.get(s, keys) is None]
+    todo = [s for s in shas[1:] if fields(cache, s, keys) is None]
     with ThreadPoolExecutor(max_workers=2) as pool:
         for sha, st in zip(todo, pool.map(compute, todo)):
             results[sha] = st
-    cache.add({s: r for s, r in results.items() if cache.get(s, keys) is None})
+    cache.add({s: r for s, r in results.items() if fields(cache, s, keys) is None})
     log.info("tag: pixel statistics for %d images (%d cached)", len(shas), len(shas) - len(results))
-    return [results.get(s) or cache.get(s, keys) for s in shas]
+    return [results.get(s) or fields(cache, s, keys) for s in shas]
 
 
 def background_clusters(vectors, top5, cfg: Background, model_hash: str, previous: Path, scenes: list | None = None):

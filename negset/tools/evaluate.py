@@ -154,7 +154,8 @@ def evaluate(
     confusers = confusers if confusers is not None else CONFUSERS.get(target)
     tgt = np.array([target in c for c in classes])
     if confusers:
-        conf = np.array([bool(c & set(confusers)) for c in classes]) & ~tgt
+        wanted = set(confusers)
+        conf = np.array([bool(c & wanted) for c in classes]) & ~tgt
     else:
         conf = ~tgt  # no confuser list: every non-target image may be held out
     if tgt.sum() < 4 or conf.sum() < 2:

@@ -239,13 +239,56 @@ def _read_lighting_labels(path: Path) -> dict[str, tuple[str, str]]:
             raise NegsetError(f"{path}: row {n}: expected a file name and a lighting class, got {row!r}",
                               hint=f"lighting is one of {', '.join(LIGHTING_CLASSES)}")
         out[row["file"].strip()] = (row["lighting"], row.get("note") or "")
+    if not out:
+        raise NegsetError(f"{path}: no lighting labels in the file", hint="one row per image, columns file,lighting,note")
     return out
+
+
+def _examples(names, n: int = 3) -> str:
+    first = sorted(names)[:n]
+    return ", ".join(first) + (", ..." if len(names) > n else "")
+
+
+def _match_lighting_labels(path: Path, labels: dict[str, tuple[str, str]], unique: dict[str, str]) -> list[tuple[str, str]]:
+    """(file name, hand label) of the labels that name an image of this project; an error when none does
+    (accuracy over no image would read as a tag that is always wrong)."""
+    matched = [(name, lab) for name, (lab, _) in sorted(labels.items()) if name in unique]
+    if not matched:
+        raise NegsetError(
+            f"{path}: none of its {len(labels)} lighting labels names an image of this project "
+            f"(labels name {_examples(labels)}; the {len(unique)} images here are {_examples(unique) or 'none'})",
+            hint="the file column holds image file names as ingested (the last part of their uri); "
+                 "pass --lighting-labels with labels of this project's images",
+        )
+    return matched
+
+
+def _lighting_agreement(path: Path, labels: dict, hand: list[tuple[str, str]], tag_of: dict[str, dict]) -> dict:
+    """The computed lighting class against the hand labels ``hand`` (file name, label) read from ``path``."""
+    from negset.tag.lighting import LIGHTING_CLASSES
+
+    pairs = [(name, lab, tag_of[name].get("lighting_computed") or tag_of[name]["lighting"]) for name, lab in hand]
+    truth = [p[1] for p in pairs]
+    pred = [p[2] for p in pairs]
+    return dict(
+        labels_file=str(path),
+        labels=len(labels),
+        images=len(pairs),
+        missing=sorted(set(labels) - set(tag_of)),
+        accuracy=(sum(t == p for t, p in zip(truth, pred)) / len(pairs)) if pairs else 0.0,
+        majority_baseline=(Counter(truth).most_common(1)[0][1] / len(truth)) if truth else 0.0,
+        confusion=confusion(truth, pred, list(LIGHTING_CLASSES)),
+        disagreements=[dict(file=n, label=t, tag=p) for n, t, p in pairs if t != p],
+    )
 
 
 def check(params: Params, layout: Layout, panoptic: str | None = None, masks: str | None = None,
           lighting_labels: str | None = None) -> dict:
-    from negset.tag.lighting import LIGHTING_CLASSES
+    """Background, lighting and occlusion agreement, written to ``data/tags/agreement.json``.
 
+    One block per check, in the order of the file (long for that reason); the
+    tags and the lighting labels are checked before the panoptic labels are read.
+    """
     tags_path = layout.tags / "tags.parquet"
     if not tags_path.exists():
         raise NegsetError(f"{tags_path}: missing; the 'tag' step has not run", hint="run `negset tag` first")
@@ -261,6 +304,9 @@ def check(params: Params, layout: Layout, panoptic: str | None = None, masks: st
     if pan_path is None:
         raise NegsetError("check-tags needs COCO panoptic labels",
                           hint="set tag.background.panoptic.json in params.yaml or pass --panoptic FILE")
+    labels_path = Path(lighting_labels) if lighting_labels else DEFAULT_LIGHTING_LABELS
+    labels = _read_lighting_labels(labels_path)
+    hand = _match_lighting_labels(labels_path, labels, unique)
     entries, cats = load_panoptic(pan_path)
     matched = [(unique[name], e) for name, e in sorted(entries.items()) if name in unique]
     result: dict = dict(images=len(tags), panoptic_file=str(pan_path), panoptic_images=len(matched))
@@ -293,21 +339,7 @@ def check(params: Params, layout: Layout, panoptic: str | None = None, masks: st
                                        tags[sha]["background_cluster"]) for sha, _ in with_scene], scenes),
     )
 
-    # lighting
-    labels_path = Path(lighting_labels) if lighting_labels else DEFAULT_LIGHTING_LABELS
-    labels = _read_lighting_labels(labels_path)
-    pairs = [(name, lab, tags[unique[name]].get("lighting_computed") or tags[unique[name]]["lighting"]) for name, (lab, _) in sorted(labels.items()) if name in unique]
-    truth = [p[1] for p in pairs]
-    pred = [p[2] for p in pairs]
-    result["lighting"] = dict(
-        labels_file=str(labels_path),
-        images=len(pairs),
-        missing=sorted(set(labels) - set(unique)),
-        accuracy=(sum(t == p for t, p in zip(truth, pred)) / len(pairs)) if pairs else 0.0,
-        majority_baseline=(Counter(truth).most_common(1)[0][1] / len(truth)) if truth else 0.0,
-        confusion=confusion(truth, pred, list(LIGHTING_CLASSES)),
-        disagreements=[dict(file=n, label=t, tag=p) for n, t, p in pairs if t != p],
-    )
+    result["lighting"] = _lighting_agreement(labels_path, labels, hand, {n: tags[s] for n, s in unique.items()})
 
     # occlusion
     if mask_dir is not None:
@@ -383,8 +415,11 @@ def report(result: dict) -> str:
         "",
         f"lighting (computed) vs {li['images']} hand labels ({li['labels_file']})",
         f"  accuracy {li['accuracy']:.3f}  (baseline, always the commonest label: {li['majority_baseline']:.3f})",
-        "  rows: hand label, columns: tag",
     ]
+    if li["missing"]:
+        out.append(f"  {len(li['missing'])} of the file's {li['labels']} labels name no image here (or several): "
+                   f"{_examples(li['missing'])}")
+    out.append("  rows: hand label, columns: tag")
     out += ["  " + line for line in _table("label \\ tag", li["confusion"], list(LIGHTING_CLASSES))]
     out.append("")
     if "skipped" in oc:

@@ -100,7 +100,8 @@ def test_a_step_run_alone_before_its_input_exists(built):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "selection.parquet: missing; the 'select' step has not run" in proc.stderr and "negset select" in proc.stderr
     # the DuckDB catalog is a cache rebuilt from the step outputs; every step output is untouched
-    changed = {k for k in set(before) | set(snapshot(built)) if before.get(k) != snapshot(built).get(k)}
+    after = snapshot(built)
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
     assert changed <= {"catalog.duckdb"}
 
 

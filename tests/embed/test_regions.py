@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -99,49 +98,14 @@ def test_regions_parquet_holds_the_grid_of_every_image_and_the_positives_dogs(do
 
 
 @needs_coco128
-def test_region_cache_parts_from_earlier_versions_are_reused(dogs, tmp_path):
-    """A project whose cache holds the older Parquet parts embeds nothing again after an upgrade."""
-    root, layout, params = dogs
-    cache = layout.data / "cache" / "regions"
-    folder = next(p.parent for p in cache.rglob("part-*.npz"))
-    stash = tmp_path / "npz"
-    stash.mkdir()
-    keys, boxes, vecs = [], [], []
-    for part in sorted(folder.glob("part-*.npz")):
-        with np.load(part) as z:
-            keys += z["keys"].tolist()
-            boxes += z["boxes"].tolist()
-            vecs.append(z["vectors"])
-        part.rename(stash / part.name)
-    flat = np.concatenate(vecs)
-    legacy = pa.table({
-        "key": pa.array(keys, pa.string()),
-        "box": pa.array(boxes, pa.list_(pa.int32())),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.float16()), flat.shape[1]),
-    })
-    pq.write_table(legacy, folder / "part-legacy.parquet")
-    before = (layout.embed / "regions.npy").read_bytes()
-    try:
-        embed.run(params, layout)
-        # nothing embedded again: no new part (items without any crop are the only ones a legacy part lacks)
-        new_parts = list(folder.glob("part-*.npz"))
-        assert all(np.load(p)["keys"].size == 0 for p in new_parts)
-        assert (layout.embed / "regions.npy").read_bytes() == before
-    finally:
-        for p in folder.glob("part-*"):
-            p.unlink()
-        for p in stash.iterdir():
-            p.rename(folder / p.name)
-
-
-@needs_coco128
 def test_region_hardness_ranks_the_dogs_confusers_higher_than_whole_image_similarity(dogs):
     root, layout, params = dogs
     with catalog.connect(layout) as con:
         pool = load_pool(con, layout, list(params.select.strata))
         rows = con.sql("SELECT sha256, classes FROM images ORDER BY sha256").fetchall()
     assert [r[0] for r in rows] == pool.sha256.tolist()
-    confuser = np.array([bool(set(c or ()) & set(CONFUSERS["dog"])) and "dog" not in (c or ()) for _, c in rows])
+    dog_confusers = set(CONFUSERS["dog"])
+    confuser = np.array([bool(set(c or ()) & dog_confusers) and "dog" not in (c or ()) for _, c in rows])
     cand = np.flatnonzero(~pool.positive & ~pool.has_target)
     share = {}
     for how in ("image", "regions"):

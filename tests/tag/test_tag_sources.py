@@ -19,8 +19,6 @@ from negset.core import catalog
 from negset.core.config import Lighting, Occlusion, load_params
 from negset.core.errors import NegsetError
 from negset.core.layout import Layout
-from negset.embed import step as embed
-from negset.ingest import step as ingest
 from negset.tag import sources as tagsources
 from negset.tag import step as tags
 from negset.tag.lighting import color_temperature, exif_fields, lighting_tag, luminance_stats, pixel_lighting
@@ -44,10 +42,7 @@ def by_file(layout: Layout) -> dict[str, str]:
 def sample(tmp_path_factory):
     """The sample project through ingest, embed and tag (shared: tests change params.yaml and re-tag only)."""
     root = copy_project(tmp_path_factory.mktemp("sample") / "proj")
-    layout = Layout.at(root)
-    params = load_params(root / "params.yaml")
-    for step in (ingest, embed, tags):
-        step.run(params, layout)
+    layout, _ = tag_project(root)
     original = (root / "params.yaml").read_text()
     yield root, layout
     (root / "params.yaml").write_text(original)
@@ -224,10 +219,7 @@ def test_detector_tags_unlabelled_images_from_a_local_weights_file(tmp_path):
     images = root / "examples" / "coco-sample" / "images"
     src = sorted(images.glob("*.jpg"))[0]
     Image.open(src).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(images / "unlabelled.jpg", quality=90)
-    layout = Layout.at(root)
-    params = load_params(root / "params.yaml")
-    for step in (ingest, embed, tags):
-        step.run(params, layout)
+    layout, _ = tag_project(root)
     rows = tag_rows(layout)
     new = by_file(layout)["unlabelled.jpg"]
     assert (rows[new]["occlusion"], rows[new]["occlusion_source"], rows[new]["occlusion_confidence"]) == ("unknown", "computed", 0.0)

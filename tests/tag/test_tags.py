@@ -13,28 +13,35 @@ from negset.core.layout import Layout
 from negset.embed import step as embed
 from negset.ingest import step as ingest
 from negset.tag import step as tags
-from negset.tag.lighting import LIGHTING_CLASSES, lighting_class, luminance_stats
-from tests.conftest import write_params
+from negset.tag.lighting import LIGHTING_CLASSES, lighting_tag, luminance_stats
+from tests.conftest import tag_project, write_params
 
 
 def gray(value: int) -> Image.Image:
     return Image.new("RGB", (64, 48), (value, value, value))
 
 
+def class_from_pixels(stats: dict, cfg: Lighting) -> str:
+    """The class ``lighting_tag`` gives a frame without EXIF (decided by its pixels)."""
+    cls, confidence, basis = lighting_tag(stats, cfg)
+    assert basis == "pixels" and 0.0 <= confidence <= 1.0
+    return cls
+
+
 def test_lighting_classes_follow_thresholds():
     cfg = Lighting()
-    assert lighting_class(luminance_stats(gray(20)), cfg) == "dark"
-    assert lighting_class(luminance_stats(gray(80)), cfg) == "dim"
-    assert lighting_class(luminance_stats(gray(128)), cfg) == "normal"
-    assert lighting_class(luminance_stats(gray(230)), cfg) == "bright"
+    assert class_from_pixels(luminance_stats(gray(20)), cfg) == "dark"
+    assert class_from_pixels(luminance_stats(gray(80)), cfg) == "dim"
+    assert class_from_pixels(luminance_stats(gray(128)), cfg) == "normal"
+    assert class_from_pixels(luminance_stats(gray(230)), cfg) == "bright"
     checker = np.indices((48, 64)).sum(axis=0) % 2 * 235 + 10
     im = Image.fromarray(checker.astype(np.uint8)).convert("RGB")
     stats = luminance_stats(im)
     assert stats["luma_std"] > 100
     # median of a half-dark, half-bright frame sits between: neither dark nor bright
-    assert lighting_class(stats, Lighting(dark_below=5, bright_above=250)) == "high-contrast"
+    assert class_from_pixels(stats, Lighting(dark_below=5, bright_above=250)) == "high-contrast"
     # moving a threshold moves the class
-    assert lighting_class(luminance_stats(gray(80)), Lighting(dim_below=70)) == "normal"
+    assert class_from_pixels(luminance_stats(gray(80)), Lighting(dim_below=70)) == "normal"
 
 
 def test_occlusion_from_boxes():
@@ -117,10 +124,7 @@ def test_tags_of_old_images_stay_when_new_images_arrive(project):
 
 
 def test_clusters_refit_when_many_images_are_new(project):
-    layout = Layout.at(project)
-    params = load_params(project / "params.yaml")
-    for step in (ingest, embed, tags):
-        step.run(params, layout)
+    layout, _ = tag_project(project)
     assert json.loads((layout.tags / "clusters.json").read_text())["refit"] is True
     write_params(project, tag={"background": {"clusters": 0, "seed": 0, "refit_share": 0.2}})
     tags.run(load_params(project / "params.yaml"), layout)

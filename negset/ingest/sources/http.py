@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import csv
 import email.utils
 import http.client
 import logging
@@ -30,6 +29,7 @@ from urllib.parse import urljoin, urlsplit
 
 from negset import __version__
 from negset.core.errors import NegsetError
+from negset.core.listfile import read_list_entries
 from negset.ingest.sources import FetchError, FetchStats, Pin, Previous, SourceObject, retrying
 
 log = logging.getLogger("negset.sources.http")
@@ -81,21 +81,7 @@ def read_url_list(path: Path) -> list[str]:
     """URLs from a text file (one a line, # comments) or a CSV (column url/uri/link/href, or the first)."""
     if not path.is_file():
         raise NegsetError(f"{path}: URL list not found", hint="check ingest.sources[].urls")
-    lines: list[tuple[int, str]] = []
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
-        if rows:
-            header = [h.strip().lower() for h in rows[0]]
-            col = next((header.index(c) for c in ("url", "uri", "link", "href") if c in header), None)
-            start = 2 if col is not None else 1
-            body = rows[1:] if col is not None else rows
-            lines = [(n, r[col or 0].strip()) for n, r in enumerate(body, start) if r and r[col or 0].strip()]
-    else:
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                lines.append((n, line))
+    lines = read_list_entries(path, ("url", "uri", "link", "href"))
     urls: list[str] = []
     seen: set[str] = set()
     for n, url in lines:
