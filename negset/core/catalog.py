@@ -23,6 +23,8 @@ TABLE_STEP = {
     "labels": "ingest",
     "rejected_ingest": "ingest",
     "embeddings": "embed",
+    "detections": "detect",
+    "evidence": "detect",
     "tags": "tag",
     "selection": "select",
     "strata": "select",

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from negset.cli import _parser
-from negset.core.config import Embed, Export, Params, Select, Tag, parse_params
+from negset.core.config import Embed, Export, Select, Tag, parse_params
 from negset.core.errors import NegsetError
 from tests.conftest import REPO
 
