@@ -7,7 +7,9 @@ import logging
 import time
 from pathlib import Path
 
+from negset.core import staging
 from negset.core.config import Params, load_params
+from negset.core.errors import user_error
 from negset.core.layout import Layout
 from negset.core.lock import project_lock
 
@@ -25,12 +27,46 @@ def step_function(name: str):
 
 
 def run_step(name: str, params_path: str | Path, root: str | Path | None = None) -> dict:
-    """Validate the parameters and run one step; return its summary."""
-    params_path = Path(params_path)
-    params: Params = load_params(params_path)
-    layout = Layout.at(root if root is not None else params_path.resolve().parent)
-    start = time.monotonic()
-    with project_lock(layout.data, f"negset {name}"):
-        summary = step_function(name)(params, layout)
-    log.info("%s finished in %.1fs", name, time.monotonic() - start)
-    return summary
+    """Validate the parameters and run one step; return its summary.
+
+    The step writes into a staging folder that replaces its output folder whole
+    on success (negset/core/staging.py); an OS error about a file (missing,
+    unreadable, read-only, disk full) becomes one line naming it
+    (``negset.core.errors.user_error``).
+    """
+    try:
+        params_path = Path(params_path)
+        params: Params = load_params(params_path)
+        layout = Layout.at(root if root is not None else params_path.resolve().parent)
+        start = time.monotonic()
+        with project_lock(layout.data, f"negset {name}"):
+            run = step_function(name)
+            stage = staging.prepare(layout, name)
+            try:
+                summary = run(params, layout.staging(staging.OUTPUTS[name].folder, stage))
+            except BaseException:
+                staging.discard(layout, name, stage)
+                raise
+            staging.commit(layout, name, stage)
+            summary = _unstaged(summary, stage, layout.data / staging.OUTPUTS[name].folder, layout)
+        log.info("%s finished in %.1fs", name, time.monotonic() - start)
+        return summary
+    except OSError as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _unstaged(value, stage: Path, real: Path, layout: Layout):
+    """The summary with the staging folder's name (in paths it reports) replaced by the output folder's."""
+    pairs = [(str(stage), str(real)), (layout.uri(stage, resolved=True), layout.uri(real, resolved=True))]
+    if isinstance(value, dict):
+        return {k: _unstaged(v, stage, real, layout) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unstaged(v, stage, real, layout) for v in value)
+    if isinstance(value, str):
+        for old, new in pairs:
+            if old in value:
+                value = value.replace(old, new)
+    return value

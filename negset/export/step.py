@@ -74,8 +74,8 @@ def run(params: Params, layout: Layout) -> dict:
         strata_tv_distance=round(tv_distance(pos, neg), 4),
         per_stratum=per_stratum,
     )
-    model = json.loads((layout.embed / "model.json").read_text())
-    ingest_summary = json.loads((layout.ingest / "summary.json").read_text())
+    model = atomic.read_json(layout.embed / "model.json")
+    ingest_summary = atomic.read_json(layout.ingest / "summary.json")
     run_info = dict(
         negset=__version__,
         params=params.model_dump(mode="json"),

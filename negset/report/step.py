@@ -257,8 +257,8 @@ def nearest_positives(layout: Layout, roles: dict[str, str], shas: list[str]) ->
 def gather(layout: Layout) -> dict:
     neg = layout.negatives
     manifest = _read(neg / "manifest.parquet", "the manifest")
-    metrics = json.loads((neg / "metrics.json").read_text()) if (neg / "metrics.json").exists() else {}
-    run = json.loads((neg / "run.json").read_text()) if (neg / "run.json").exists() else {}
+    metrics = atomic.read_json(neg / "metrics.json") if (neg / "metrics.json").exists() else {}
+    run = atomic.read_json(neg / "run.json") if (neg / "run.json").exists() else {}
     images = _read(layout.ingest / "images.parquet", "the image catalog")
     tags = {r["sha256"]: r for r in _read(layout.tags / "tags.parquet", "the tags")}
     strata = _read(layout.select / "strata.parquet", "the strata table")

@@ -20,7 +20,6 @@ confidence in [0, 1] (columns ``TAG_source`` and ``TAG_confidence``).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -191,7 +190,7 @@ def run(params: Params, layout: Layout) -> dict:
     images = [im for im in images if im["sha256"] in index]  # images the embed step rejected are gone
     top5 = pq.read_table(layout.embed / "embeddings.parquet", columns=["top5"]).column("top5").to_pylist()
 
-    model_hash = json.loads((layout.embed / "model.json").read_text()).get("model_hash", "")
+    model_hash = atomic.read_json(layout.embed / "model.json").get("model_hash", "")
     labels, centers, names, refit = background_clusters(vectors, top5, cfg.background, model_hash, layout.tags / "centroids.parquet")
     sims = vectors @ centers.T
     if centers.shape[0] > 1:
