@@ -34,10 +34,11 @@ log = logging.getLogger("negset")
 class Output:
     folder: str  # the step's folder under data/
     salvage: tuple[str, ...] = ()  # names in a killed run's staging folder that are safe to reuse
+    progress: str | None = None  # a file a run writes only when it did work worth salvaging
 
 
 OUTPUTS = {
-    "ingest": Output("ingest", salvage=("objects", "pins-journal.jsonl")),
+    "ingest": Output("ingest", salvage=("objects", "pins-journal.jsonl"), progress="pins-journal.jsonl"),
     "embed": Output("embed"),
     "tag": Output("tags"),
     "select": Output("select"),
@@ -75,6 +76,8 @@ def commit(layout: Layout, step: str, stage: Path) -> None:
 
 
 def discard(layout: Layout, step: str, stage: Path) -> None:
-    """After a failed run: the previous outputs stay; the staging folder goes unless it holds something to salvage."""
-    if stage.exists() and not any((stage / name).exists() for name in OUTPUTS[step].salvage):
+    """After a failed run: the previous outputs stay; the staging folder goes unless it holds work to salvage
+    (ingest: remote objects it stored, listed in its journal, which a retry then need not download again)."""
+    progress = OUTPUTS[step].progress
+    if stage.exists() and not (progress and (stage / progress).exists()):
         shutil.rmtree(stage, ignore_errors=True)

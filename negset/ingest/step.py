@@ -278,7 +278,12 @@ def run(params: Params, layout: Layout) -> dict:
         candidates=n_cand,
         candidates_with_target=sum(r["role"] == "candidate" and r["has_target"] for r in rows.values()),
         rejected=len(rejected),
+        # boxes that reached outside their image, clipped to it (README "Bad input and faults")
+        boxes_clipped=labels.clipped if labels else 0,
     )
+    if labels and labels.clipped:
+        log.warning("ingest: %d box(es) reached outside their image and were clipped to it; first: %s",
+                    labels.clipped, labels.clipped_first)
     atomic.write_json(layout.ingest / "summary.json", summary)
     log.info(
         "ingest: %d images (%d positives, %d candidates), %d rejected",
