@@ -190,10 +190,10 @@ def yolo_project(tmp_path):
 
 @pytest.mark.parametrize("line, message", [
     ("0 0.5 0.5 0.2 0.2 0.9", "expected 5 fields 'class cx cy w h', got 6: '0 0.5 0.5 0.2 0.2 0.9'"),
-    ("0 0.5 0.5 0.2 0.2 0.1 0.1 0.3 0.3", "expected 5 fields 'class cx cy w h', got 9"),
+    ("0 0.5 0.5 0.2 0.2 0.1 0.1 0.3 0.3", "expected 5 fields 'class cx cy w h', got 9: '0 0.5 0.5 0.2 0.2 0.1 0.1 0.3 0.3'"),
     ("0 1.5 0.5 0.2 0.2", "cx = 1.5 is outside [0, 1]; YOLO coordinates are shares of the image"),
-    ("0 0.5 0.5 -0.2 0.2", "w = -0.2 is outside [0, 1]"),
-    ("0 0.5 0.5 nan 0.2", "w = nan is outside [0, 1]"),
+    ("0 0.5 0.5 -0.2 0.2", "w = -0.2 is outside [0, 1]; YOLO coordinates are shares of the image"),
+    ("0 0.5 0.5 nan 0.2", "w = nan is outside [0, 1]; YOLO coordinates are shares of the image"),
     ("0 0.5 0.5 0 0.2", "the box has zero size (w 0, h 0.2)"),
 ])
 def test_yolo_lines_out_of_format_are_refused(tmp_path, line, message):
@@ -211,7 +211,7 @@ def test_a_binary_yolo_label_file_is_one_line_and_data_stays(tmp_path):
     write_params(root, ingest={"positives": YOLO})
     assert negset(root, "ingest").returncode == 0
     before = snapshot(root / "data")
-    txt = root / "labels" / "000000000036.txt"
+    txt = sorted((root / "labels").glob("*.txt"))[1]
     txt.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
     line = one_line_error(negset(root, "ingest"))
     assert line == (f"{txt.resolve()}: not a text file (byte 0 is not UTF-8); YOLO labels are text lines "

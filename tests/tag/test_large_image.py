@@ -22,7 +22,7 @@ SIDE = 9000  # 81 Mpx, under the default ingest.max_image_pixels (89,478,485)
 DECODED_MB = SIDE * SIDE * 3 / 2**20  # one RGB frame: 232 MiB
 
 MEASURE = r"""
-import json, resource, sys, time
+import json, sys, time
 from negset.core.imageio import load_rgb
 from negset.tag import quality
 from negset.tag.lighting import exif_fields, luminance_stats
@@ -30,8 +30,9 @@ path, reduce_to = sys.argv[1], int(sys.argv[2])
 start = time.monotonic()
 image = load_rgb(path, reduce_to=reduce_to)
 stats = {**luminance_stats(image), **quality.pixel_features(image), **exif_fields(path)} if reduce_to == 256 else {}
-print(json.dumps(dict(seconds=time.monotonic() - start, size=image.size, stats=stats,
-                      peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+# VmHWM: this program's peak resident memory (ru_maxrss would also count the forking parent's pages)
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
+print(json.dumps(dict(seconds=time.monotonic() - start, size=image.size, stats=stats, peak_mb=int(hwm) / 1024)))
 """
 
 
