@@ -41,14 +41,9 @@ def run_step(name: str, params_path: str | Path, root: str | Path | None = None)
         start = time.monotonic()
         with project_lock(layout.data, f"negset {name}"):
             run = step_function(name)
-            stage = staging.prepare(layout, name)
-            try:
-                summary = run(params, layout.staging(staging.OUTPUTS[name].folder, stage))
-            except BaseException:
-                staging.discard(layout, name, stage)
-                raise
-            staging.commit(layout, name, stage)
-            summary = _unstaged(summary, stage, layout.data / staging.OUTPUTS[name].folder, layout)
+            with staging.staged(layout, name) as staged:
+                summary = run(params, staged)
+            summary = unstaged(summary, staging.staging_path(layout, name), layout, name)
         log.info("%s finished in %.1fs", name, time.monotonic() - start)
         return summary
     except OSError as exc:
@@ -58,15 +53,19 @@ def run_step(name: str, params_path: str | Path, root: str | Path | None = None)
         raise error from None
 
 
-def _unstaged(value, stage: Path, real: Path, layout: Layout):
+def unstaged(summary, stage: Path, layout: Layout, name: str):
     """The summary with the staging folder's name (in paths it reports) replaced by the output folder's."""
+    real = layout.data / staging.OUTPUTS[name].folder
     pairs = [(str(stage), str(real)), (layout.uri(stage, resolved=True), layout.uri(real, resolved=True))]
-    if isinstance(value, dict):
-        return {k: _unstaged(v, stage, real, layout) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_unstaged(v, stage, real, layout) for v in value)
-    if isinstance(value, str):
-        for old, new in pairs:
-            if old in value:
+
+    def fix(value):
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(fix(v) for v in value)
+        if isinstance(value, str):
+            for old, new in pairs:
                 value = value.replace(old, new)
-    return value
+        return value
+
+    return fix(summary)

@@ -19,10 +19,12 @@ ingest still resumes without downloading again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from negset.core import atomic
 from negset.core.layout import Layout
@@ -81,3 +83,15 @@ def discard(layout: Layout, step: str, stage: Path) -> None:
     progress = OUTPUTS[step].progress
     if stage.exists() and not (progress and (stage / progress).exists()):
         shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged(layout: Layout, step: str) -> Iterator[Layout]:
+    """The layout a step runs with: its own folder staged; swapped in when the block ends without an error."""
+    stage = prepare(layout, step)
+    try:
+        yield layout.staging(OUTPUTS[step].folder, stage)
+    except BaseException:
+        discard(layout, step, stage)
+        raise
+    commit(layout, step, stage)
