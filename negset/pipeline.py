@@ -9,7 +9,7 @@ from pathlib import Path
 
 from negset.core import staging
 from negset.core.config import Params, load_params
-from negset.core.errors import user_error
+from negset.core.errors import NegsetError, user_error
 from negset.core.layout import Layout
 from negset.core.lock import project_lock
 
@@ -41,8 +41,15 @@ def run_step(name: str, params_path: str | Path, root: str | Path | None = None)
         start = time.monotonic()
         with project_lock(layout.data, f"negset {name}"):
             run = step_function(name)
-            with staging.staged(layout, name) as staged:
-                summary = run(params, staged)
+            try:
+                with staging.staged(layout, name) as staged:
+                    summary = run(params, staged)
+            except (NegsetError, OSError) as exc:  # one line, naming the output folder, not its stand-in
+                error = user_error(exc)
+                if error is None:
+                    raise
+                fixed = unstaged([error.message, error.hint], staging.staging_path(layout, name), layout, name)
+                raise NegsetError(*fixed) from None
             summary = unstaged(summary, staging.staging_path(layout, name), layout, name)
         log.info("%s finished in %.1fs", name, time.monotonic() - start)
         return summary

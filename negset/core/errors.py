@@ -56,8 +56,11 @@ def _producer(path: str) -> str | None:
     """The step whose output folder (under a data/ folder) holds ``path``, or None."""
     parts = path.replace("\\", "/").split("/")
     for i in range(len(parts) - 2, -1, -1):
-        if parts[i] == "data" and parts[i + 1] in _STEP_OF_FOLDER:
-            return _STEP_OF_FOLDER[parts[i + 1]]
+        folder = parts[i + 1]
+        if folder.startswith(".") and folder.endswith(".staging"):  # a step's staging folder (core/staging.py)
+            folder = folder[1 : -len(".staging")]
+        if parts[i] == "data" and folder in _STEP_OF_FOLDER:
+            return _STEP_OF_FOLDER[folder]
     return None
 
 

@@ -303,7 +303,9 @@ class Journal:
 
     ``pins.parquet`` is written at the end of an ingest; if the process is
     killed before that, the next ingest reads this journal too (``Previous``)
-    and does not download again what was already stored.
+    and does not download again what was already stored (journal and objects
+    lie in the step's staging folder, whose ``salvage`` part the next ingest
+    keeps: negset/core/staging.py).
     """
 
     NAME = "pins-journal.jsonl"

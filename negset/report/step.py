@@ -32,7 +32,7 @@ import numpy as np
 from negset.core import atomic
 from negset.core import parquet as pq
 from negset.core.config import Params
-from negset.core.errors import NegsetError
+from negset.core.errors import missing_input
 from negset.core.layout import Layout
 
 log = logging.getLogger("negset.report")
@@ -216,8 +216,7 @@ def histogram(values: list[float], bins: int = BINS, lo: float | None = None, hi
 
 def _read(path: Path, what: str) -> list[dict]:
     if not path.exists():
-        step = {"negatives": "export", "tags": "tag"}.get(path.parent.name, path.parent.name)
-        raise NegsetError(f"{path}: missing; {what} is built by the '{step}' step", hint=f"run `negset {step}` first")
+        raise missing_input(path, what)
     return pq.read_table(path).to_pylist()
 
 
