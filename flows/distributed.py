@@ -19,9 +19,11 @@ import socket
 from prefect import flow, task, unmapped
 from prefect_dask import DaskTaskRunner
 
+from negset.core import staging
 from negset.core.config import load_params
 from negset.core.layout import Layout
 from negset.embed import step as embed
+from negset.pipeline import unstaged
 
 
 @task(name="embed-shard", retries=1, retry_delay_seconds=5)
@@ -58,7 +60,10 @@ def embed_distributed(params_path: str, root: str) -> dict:
             used.update(r["worker"] for r in results)
             return [row for r in results for row in r["rejected"]]
 
-        summary = embed.run(params, Layout.at(root), compute=compute)
+        layout = Layout.at(root)
+        with staging.staged(layout, "embed") as staged:  # data/embed replaced whole, as by run_step
+            summary = embed.run(params, staged, compute=compute)
+        summary = unstaged(summary, staging.staging_path(layout, "embed"), layout, "embed")
         return dict(summary, workers=sorted(used))
 
     return run()

@@ -284,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     except NegsetError as exc:
         print(f"negset: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # about a named file (read-only data/, a missing input): one line, no traceback
+        from negset.core.errors import user_error
+
+        error = user_error(exc)
+        if error is None:
+            raise
+        print(f"negset: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("negset: interrupted", file=sys.stderr)
         return 130

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import duckdb
 
-from negset.core.errors import NegsetError
+from negset.core.errors import NegsetError, damaged_input
 from negset.core.layout import Layout
 
 
@@ -51,9 +51,15 @@ def connect(layout: Layout, read_only: bool = False) -> Iterator[duckdb.DuckDBPy
     try:
         con = duckdb.connect(str(layout.catalog), read_only=read_only)
     except duckdb.IOException as exc:
-        raise NegsetError(
-            f"{layout.catalog}: the catalog is in use by another negset process ({exc})",
-            hint="wait for the other build to finish",
+        text = " ".join(str(exc).split())
+        if "lock" in text.lower():  # DuckDB's own file lock: another process has the database open
+            raise NegsetError(
+                f"{layout.catalog}: the catalog is in use by another process ({text})",
+                hint="close the other process (a `duckdb` shell on it, another build) and run again",
+            ) from None
+        raise NegsetError(  # unwritable, not a DuckDB file, a folder in its place...
+            f"{layout.catalog}: cannot open the catalog ({text})",
+            hint="make it writable, or delete it: every step rebuilds the tables it needs from data/",
         ) from None
     try:
         yield con
@@ -69,4 +75,7 @@ def load(con: duckdb.DuckDBPyConnection, layout: Layout, *names: str) -> None:
         if not path.exists():
             step = TABLE_STEP[name]
             raise NegsetError(f"{path}: missing; the '{step}' step has not run", hint=f"run `negset {step}` first")
-        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM read_parquet(?)", [str(path)])
+        try:
+            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM read_parquet(?)", [str(path)])
+        except (duckdb.InvalidInputException, duckdb.IOException) as exc:
+            raise damaged_input(path, str(exc).splitlines()[0]) from None

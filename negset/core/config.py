@@ -21,8 +21,30 @@ from negset.core.errors import NegsetError
 STRATA_AXES = ("lighting", "background", "occlusion")
 
 
+class _KeyValueError(ValueError):
+    """A value error about one key of a section, raised by a section-wide check (the error names the key)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no inf/NaN in any number (select.ratio: .inf would overflow later)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any) -> Any:
+        """``count: true`` is a mistake, not 1: a number key refuses true/false (pydantic would take it as 1/0)."""
+        if isinstance(value, dict):
+            for key, v in value.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if isinstance(v, bool) and field is not None:
+                    kinds = set(getattr(field.annotation, "__args__", ()) or (field.annotation,))
+                    if kinds & {int, float} and bool not in kinds:
+                        raise _KeyValueError(key, f"expected a number, got a boolean ({str(v).lower()})")
+        return value
 
 
 class Positives(_Section):
@@ -49,6 +71,7 @@ class LocalSource(_Section):
     type: Literal["local"] = "local"
     path: str
     recursive: bool = True
+    follow_symlinks: bool = Field(False, description="read symlinked files (where they point); default: listed as rejected")
 
 
 IMAGE_SUFFIXES = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
@@ -569,6 +592,9 @@ def _key(part: Any) -> Any:
 
 def _describe(error: dict, source: str) -> str:
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("function-after",)))
+    about = (error.get("ctx") or {}).get("error")
+    if isinstance(about, _KeyValueError):  # a section-wide check that names its key
+        loc, error = loc + (about.key,), dict(error, msg=str(about), input={})
     # a source's type tag (ingest.sources.0.s3.bucket) is not a key the user wrote
     shown_loc = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in _SOURCE_TAGS)]
     key = ".".join(p if isinstance(p, str) and p.isprintable() else repr(p) for p in map(_key, shown_loc)) or "(top level)"
@@ -607,12 +633,39 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise NegsetError("\n".join(lines), hint="see params.yaml in the negset README for every key") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (YAML lets the last one win, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise DuplicateKey(key, first, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKey(Exception):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
 def load_params(path: Path | str) -> Params:
     path = Path(path)
     if not path.is_file():
         raise NegsetError(f"{path}: parameters file not found", hint="run from the project folder or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except DuplicateKey as dup:
+        raise NegsetError(f"{path.name}:{dup.again}: key '{dup.key}' is given twice (lines {dup.first} and {dup.again}); "
+                          "YAML would keep only the last", hint="remove one of them") from None
     except yaml.YAMLError as exc:
         raise NegsetError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise NegsetError(f"{path}: not a text file (params.yaml is UTF-8 YAML)") from None
     return parse_params(raw, source=str(path.name))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +27,35 @@ class ImageInfo:
     height: int
 
 
+_PIL_LIMIT = threading.Lock()
+
+
+@contextlib.contextmanager
+def _negset_limit(max_pixels: int | None):
+    """PIL's own bomb check (2 x ``Image.MAX_IMAGE_PIXELS``) off while negset applies ``max_pixels`` itself.
+
+    Otherwise PIL refuses first, quoting its limit instead of
+    ``ingest.max_image_pixels``, and a limit raised above PIL's is never reached.
+    Without ``max_pixels`` PIL's check stays.
+    """
+    if max_pixels is None:
+        yield
+        return
+    with _PIL_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def probe(data: bytes, max_pixels: int) -> ImageInfo:
     """Identify an image from its bytes (header only); refuse what cannot be used."""
     if not data:
         raise ImageRejected("empty file")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _negset_limit(max_pixels), Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "unknown"
             width, height = im.size
             try:
@@ -39,12 +64,11 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
                 orientation = 1
             if orientation in (5, 6, 7, 8):  # stored sideways: report the upright size
                 width, height = height, width
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected(f"decompression bomb: {exc}") from None
     except Exception:
         raise ImageRejected("not an image (content not recognised)") from None
     if width * height > max_pixels:
-        raise ImageRejected(f"too large: {width}x{height} pixels is over max_image_pixels={max_pixels}")
+        raise ImageRejected(f"too large (a possible decompression bomb): {width}x{height} = {width * height:,} pixels "
+                            f"is over ingest.max_image_pixels={max_pixels}")
     if width < 1 or height < 1:
         raise ImageRejected(f"empty frame: {width}x{height}")
     return ImageInfo(fmt, width, height)
@@ -53,20 +77,27 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
 def load_rgb(path: Path | str, reduce_to: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode the first frame, upright (EXIF orientation applied), as RGB.
 
-    ``reduce_to`` lets JPEG decode at a reduced scale (draft mode) when the
-    result only needs about that many pixels on its shorter side.
+    ``reduce_to``: the caller needs only about that many pixels on the shorter
+    side, so the image is reduced by the largest whole factor that keeps at
+    least that: JPEG decodes at the reduced scale (draft mode), other formats
+    are box-reduced right after decoding, before any conversion or statistic
+    copies them. Peak memory per image is then one decoded frame (at most
+    ``ingest.max_image_pixels`` pixels) plus a small image, whatever the size:
+    a 9000 x 9000 PNG went from 2.5 GB and 10.6 s to about 0.3 GB (README "Speed").
     """
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _negset_limit(max_pixels):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         im = Image.open(path)
         if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
             raise ImageRejected(f"too large: {im.size[0]}x{im.size[1]} pixels")
-        if reduce_to and im.format == "JPEG":
+        scale = max(1, min(im.size) // reduce_to) if reduce_to else 1
+        if scale > 1 and im.format == "JPEG":
             w, h = im.size
-            scale = max(1, min(w, h) // reduce_to)
-            if scale > 1:
-                im.draft("RGB", (w // scale, h // scale))
+            im.draft("RGB", (w // scale, h // scale))
+            scale = 1  # (draft picked its own scale, at least the size asked)
         im.load()
+    if scale > 1:
+        im = _reduced(im, scale)
     im = ImageOps.exif_transpose(im)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
@@ -76,3 +107,17 @@ def load_rgb(path: Path | str, reduce_to: int | None = None, max_pixels: int | N
     if im.mode == "I;16" or im.mode == "I":
         return im.point(lambda v: v / 256).convert("L").convert("RGB")
     return im.convert("RGB")
+
+
+def _reduced(im: Image.Image, scale: int) -> Image.Image:
+    """``im`` box-reduced by ``scale`` (each output pixel the mean of a scale x scale block)."""
+    info = dict(im.info)
+    exif = im.getexif() if hasattr(im, "getexif") else None
+    if im.mode not in ("L", "LA", "RGB", "RGBA", "I", "F", "La", "RGBa"):
+        im = im.convert("RGBA" if im.mode in ("P", "PA") and ("transparency" in im.info or im.mode == "PA") else
+                        "RGB" if im.mode not in ("I;16", "I;16B", "I;16L") else "I")
+    out = im.reduce(scale)
+    out.info.update(info)  # keeps "transparency" and the EXIF orientation for the steps after this
+    if exif is not None and exif.get(0x0112, 1) != 1:
+        out.info["exif"] = exif.tobytes()
+    return out

@@ -2,10 +2,15 @@
 
 Each step owns one folder (a DVC output); the DuckDB catalog beside them is
 rebuilt from those files by whichever step needs it.
+
+While a step runs under ``negset.pipeline.run_step``, its own folder is a
+staging folder beside the real one (``staged``: see negset/core/staging.py);
+every other step's folder is the real one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,10 +20,21 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    staged: tuple = ()  # ((folder name under data/, the staging folder that stands in for it),)
 
     @classmethod
     def at(cls, root: Path | str) -> "Layout":
         return cls(Path(root).resolve())
+
+    def staging(self, folder: str, path: Path) -> "Layout":
+        """This layout with ``data/<folder>`` read and written at ``path`` instead."""
+        return dataclasses.replace(self, staged=((folder, Path(path)),))
+
+    def _folder(self, name: str) -> Path:
+        for folder, path in self.staged:
+            if folder == name:
+                return path
+        return self.data / name
 
     @property
     def data(self) -> Path:
@@ -27,7 +43,7 @@ class Layout:
     # ingest
     @property
     def ingest(self) -> Path:
-        return self.data / "ingest"
+        return self._folder("ingest")
 
     @property
     def objects(self) -> Path:
@@ -47,27 +63,27 @@ class Layout:
     # embed
     @property
     def embed(self) -> Path:
-        return self.data / "embed"
+        return self._folder("embed")
 
     # detect
     @property
     def detect(self) -> Path:
-        return self.data / "detect"
+        return self._folder("detect")
 
     # tag
     @property
     def tags(self) -> Path:
-        return self.data / "tags"
+        return self._folder("tags")
 
     # select
     @property
     def select(self) -> Path:
-        return self.data / "select"
+        return self._folder("select")
 
     # export
     @property
     def negatives(self) -> Path:
-        return self.data / "negatives"
+        return self._folder("negatives")
 
     @property
     def catalog(self) -> Path:

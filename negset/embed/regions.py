@@ -222,7 +222,7 @@ def _fill(params: Params, layout: Layout, model_hash: str, items: list[Item]) ->
 
 def objects_for(params: Params, layout: Layout, classes: list[str]) -> tuple[list[str], np.ndarray]:
     """(owner sha256 per object, vectors) of every labelled object of ``classes`` (for ``negset evaluate``)."""
-    model_hash = json.loads((layout.embed / "model.json").read_text())["model_hash"]
+    model_hash = atomic.read_json(layout.embed / "model.json")["model_hash"]
     images = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "role", "width", "height"]).to_pylist()
     items = items_for(layout, images, classes, grid=False, any_role=True)
     cache = _fill(params, layout, model_hash, items)

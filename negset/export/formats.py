@@ -89,6 +89,7 @@ def coco(
     out_path = Path(out).resolve() if out else layout.root / DEFAULT_COCO
     if pos_path is not None and out_path == pos_path:
         raise NegsetError(f"{out_path}: refusing to overwrite the positives' COCO file", hint="pass another --out")
+    _refuse_foreign_file(out_path)
 
     if image_root is not None:
         root = Path(image_root).resolve()
@@ -139,6 +140,7 @@ def coco(
         next_id += 1
         added += 1
     atomic.write_text(out_path, json.dumps(data, ensure_ascii=False) + "\n")
+    atomic.write_text(coco_marker(out_path), atomic.sha256_file(out_path) + "\n")
     summary = dict(
         out=str(out_path),
         merged_into=str(pos_path) if pos_path else None,
@@ -155,6 +157,25 @@ def coco(
         out_path, added, present, root,
     )
     return summary
+
+
+def coco_marker(out_path: Path) -> Path:
+    """Beside a COCO export: the sha256 of the file as negset wrote it (the file's counterpart of YOLO_MARKER)."""
+    return out_path.with_name(f".{out_path.name}.negset-export")
+
+
+def _refuse_foreign_file(out_path: Path) -> None:
+    """The rule of both exports: negset replaces only an output it wrote (and that nobody changed since)."""
+    if not out_path.exists() and not out_path.is_symlink():
+        return
+    marker = coco_marker(out_path)
+    if out_path.is_file() and not out_path.is_symlink() and marker.is_file():
+        if marker.read_text(encoding="utf-8").strip() == atomic.sha256_file(out_path):
+            return
+        raise NegsetError(f"{out_path}: changed since negset export-coco wrote it; refusing to replace it",
+                          hint="pass a new --out path, or remove the file first")
+    raise NegsetError(f"{out_path}: exists and was not written by negset export-coco; refusing to replace it",
+                      hint="pass a new --out path, or remove the file first")
 
 
 def yolo(params: Params, layout: Layout, out: Path | str | None = None) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -35,8 +36,17 @@ ORDER BY s.stratum, s.pick_rank, s.sha256
 """
 
 
+_UNSAFE = re.compile(r"[^\w.+=@,-]")  # (\w: letters and digits of any script, and _)
+
+
 def image_name(uri: str, sha256: str) -> str:
-    base = Path(uri.rstrip("/")).name or "image"
+    """The file name of an exported copy: sha256 prefix + the source's base name, made safe.
+
+    Whitespace, control characters (a newline would split a line of YOLO's
+    ``negatives.txt``), quotes, backslashes and the like become ``_``; the
+    manifest keeps the real uri. The sha256 prefix keeps names unique.
+    """
+    base = _UNSAFE.sub("_", Path(uri.rstrip("/")).name).lstrip(".") or "image"
     return f"{sha256[:12]}_{base}"
 
 
@@ -74,8 +84,8 @@ def run(params: Params, layout: Layout) -> dict:
         strata_tv_distance=round(tv_distance(pos, neg), 4),
         per_stratum=per_stratum,
     )
-    model = json.loads((layout.embed / "model.json").read_text())
-    ingest_summary = json.loads((layout.ingest / "summary.json").read_text())
+    model = atomic.read_json(layout.embed / "model.json")
+    ingest_summary = atomic.read_json(layout.ingest / "summary.json")
     run_info = dict(
         negset=__version__,
         params=params.model_dump(mode="json"),

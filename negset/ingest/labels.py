@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,14 +32,26 @@ class Box:
 
 @dataclass
 class LabelSet:
-    """Boxes per labelled image, keyed by the image's resolved path."""
+    """Boxes per labelled image, keyed by the image's resolved path.
+
+    ``clipped`` counts the boxes that reached outside their image and were
+    clipped to it (``clipped_first`` names the first one); the ingest summary
+    reports both.
+    """
 
     boxes: dict[Path, list[Box]] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
     source: str = ""
+    clipped: int = 0
+    clipped_first: str = ""
 
     def has_any(self, path: Path, names: set[str]) -> bool:
         return any(b.cls in names for b in self.boxes.get(path, ()))
+
+    def note_clipped(self, where: str) -> None:
+        self.clipped += 1
+        if not self.clipped_first:
+            self.clipped_first = where
 
 
 @dataclass
@@ -52,12 +65,39 @@ def _clip(v: float) -> float:
     return min(1.0, max(0.0, float(v)))
 
 
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+CLIP_TOLERANCE = 1e-3  # edges this far (share of the image) outside it are rounding, not counted as clipped
+
+
+def normalised_box(x0: float, y0: float, x1: float, y1: float, where: str, labels: LabelSet) -> tuple:
+    """The box clipped to the image (counted when it had to be), or an error when nothing of it is inside.
+
+    Policy: a box that reaches outside its image is clipped to it (the object
+    is there, its box is a little off); a box with no area inside the image
+    (NaN, zero or negative size, wholly outside) is refused with an error: it
+    cannot be trusted, and dropping it could make a positive look like a negative.
+    """
+    box = tuple(_clip(v) for v in (x0, y0, x1, y1))
+    if not box[0] < box[2] or not box[1] < box[3]:
+        raise NegsetError(f"{where}: the box has no area inside the image "
+                          f"(x0 {x0:.4g}, y0 {y0:.4g}, x1 {x1:.4g}, y1 {y1:.4g}, as shares of the image)",
+                          hint="fix or remove that box")
+    if max(abs(a - b) for a, b in zip(box, (x0, y0, x1, y1))) > CLIP_TOLERANCE:
+        labels.note_clipped(where)
+    return box
+
+
 def read_coco_json(path: Path, hint: str = "check ingest.positives.path") -> dict:
     """A COCO instances file as a dict, or a clear error naming the file."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NegsetError(f"{path}: COCO annotation file not found", hint=hint) from None
+    except UnicodeDecodeError:
+        raise NegsetError(f"{path}: not a text file (a COCO file is UTF-8 JSON)", hint=hint) from None
     except json.JSONDecodeError as exc:
         raise NegsetError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
@@ -65,26 +105,88 @@ def read_coco_json(path: Path, hint: str = "check ingest.positives.path") -> dic
     return data
 
 
+def _coco_id(value) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value != "")
+
+
+def _coco_images(path: Path, data: dict, images: Path) -> dict:
+    """image id -> (resolved path, width, height); every entry checked once, errors name the entry."""
+    by_id: dict = {}
+    root = images.resolve()
+    for n, im in enumerate(data["images"]):
+        if not isinstance(im, dict):
+            raise NegsetError(f"{path}: images[{n}]: expected an object, got {type(im).__name__}")
+        where = f"{path}: image id {im['id']!r}" if _coco_id(im.get("id")) else f"{path}: images[{n}]"
+        for key in ("id", "file_name", "width", "height"):
+            if key not in im:
+                raise NegsetError(f"{where}: missing '{key}'", hint="every COCO image needs id, file_name, width and height")
+        if not _coco_id(im["id"]):
+            raise NegsetError(f"{where}: 'id' must be an integer, got {im['id']!r}")
+        if not isinstance(im["file_name"], str) or not im["file_name"].strip():
+            raise NegsetError(f"{where}: 'file_name' must be a file name, got {im['file_name']!r}")
+        for key in ("width", "height"):
+            if not _finite(im[key]) or im[key] <= 0:
+                raise NegsetError(f"{where}: '{key}' must be a positive number, got {im[key]!r}")
+        if im["id"] in by_id:
+            raise NegsetError(
+                f"{where}: the id is used twice (images[{by_id[im['id']][3]}] and images[{n}]); "
+                "its labels could belong to either image",
+                hint="give every image its own id",
+            )
+        name = im["file_name"]
+        p = (root / name).resolve()
+        if Path(name).is_absolute() or "\0" in name or not p.is_relative_to(root):
+            raise NegsetError(f"{where}: file_name {name!r} is outside the image folder {root}",
+                              hint="file_name must be relative to ingest.positives.images, without '..'")
+        by_id[im["id"]] = (p, float(im["width"]), float(im["height"]), n)
+    return by_id
+
+
 def load_coco(path: Path, images: Path) -> LabelSet:
+    """The boxes of a COCO instances file, validated once: ids, references, boxes (errors name the id)."""
     data = read_coco_json(path)
-    cats = {c["id"]: c["name"] for c in data["categories"]}
-    by_id = {}
-    out = LabelSet(classes=[c["name"] for c in data["categories"]], source=str(path))
-    for im in data["images"]:
-        p = (images / im["file_name"]).resolve()
-        by_id[im["id"]] = (p, float(im["width"]), float(im["height"]))
-        out.boxes[p] = []
-    for ann in data.get("annotations", []):
-        if ann["image_id"] not in by_id:
-            continue
-        p, w, h = by_id[ann["image_id"]]
-        x, y, bw, bh = ann["bbox"]
-        name = cats.get(ann["category_id"])
+    cats: dict = {}
+    for n, c in enumerate(data["categories"]):
+        if not isinstance(c, dict) or not _coco_id(c.get("id")) or not isinstance(c.get("name"), str):
+            raise NegsetError(f"{path}: categories[{n}]: needs an integer 'id' and a 'name'")
+        if c["id"] in cats:
+            raise NegsetError(f"{path}: category id {c['id']!r} is used twice ({cats[c['id']]!r} and {c['name']!r})")
+        cats[c["id"]] = c["name"]
+    by_id = _coco_images(path, data, images)
+    out = LabelSet(classes=list(cats.values()), source=str(path))
+    for p, *_ in by_id.values():
+        out.boxes.setdefault(p, [])
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise NegsetError(f"{path}: 'annotations' must be a list")
+    seen_ann: set = set()
+    for n, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            raise NegsetError(f"{path}: annotations[{n}]: expected an object, got {type(ann).__name__}")
+        where = f"{path}: annotation id {ann['id']!r}" if _coco_id(ann.get("id")) else f"{path}: annotations[{n}]"
+        if _coco_id(ann.get("id")):
+            if ann["id"] in seen_ann:
+                raise NegsetError(f"{where}: the id is used twice", hint="give every annotation its own id")
+            seen_ann.add(ann["id"])
+        for key in ("image_id", "category_id", "bbox"):
+            if key not in ann:
+                raise NegsetError(f"{where}: missing '{key}'", hint="every COCO annotation needs image_id, category_id and bbox")
+        image = by_id.get(ann["image_id"]) if _coco_id(ann["image_id"]) else None
+        if image is None:
+            raise NegsetError(f"{where}: image_id {ann['image_id']!r} is not the id of any image in 'images'",
+                              hint="its image would lose this label; fix the id or add the image")
+        name = cats.get(ann["category_id"]) if _coco_id(ann["category_id"]) else None
         if name is None:
-            raise NegsetError(f"{path}: annotation {ann.get('id')} uses unknown category_id {ann['category_id']}")
-        out.boxes[p].append(
-            Box(name, _clip(x / w), _clip(y / h), _clip((x + bw) / w), _clip((y + bh) / h), bool(ann.get("iscrowd", 0)))
-        )
+            raise NegsetError(f"{where}: uses unknown category_id {ann['category_id']!r}")
+        bbox = ann["bbox"]
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_finite(v) for v in bbox):
+            raise NegsetError(f"{where}: 'bbox' must be 4 finite numbers [x, y, width, height], got {bbox!r}")
+        p, w, h, _ = image
+        x, y, bw, bh = (float(v) for v in bbox)
+        box = normalised_box(x / w, y / h, (x + bw) / w, (y + bh) / h, where, out) if bw > 0 and bh > 0 else None
+        if box is None:
+            raise NegsetError(f"{where}: 'bbox' has zero or negative size ({bw:g} x {bh:g})", hint="fix or remove that box")
+        out.boxes[p].append(Box(name, *box, bool(ann.get("iscrowd", 0))))
     return out
 
 
@@ -115,21 +217,45 @@ def load_yolo(labels_dir: Path, classes_file: Path, images: Path) -> LabelSet:
         image = stems.get(txt.stem)
         if image is None:
             continue
-        boxes = []
-        for n, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                cid = int(parts[0])
-                cx, cy, w, h = (float(v) for v in parts[1:5])
-            except (ValueError, TypeError):
-                raise NegsetError(f"{txt}:{n}: expected 'class cx cy w h', got {line!r}") from None
-            if not 0 <= cid < len(names):
-                raise NegsetError(f"{txt}:{n}: class id {cid} is not in {classes_file} ({len(names)} classes)")
-            boxes.append(Box(names[cid], _clip(cx - w / 2), _clip(cy - h / 2), _clip(cx + w / 2), _clip(cy + h / 2)))
-        out.boxes[image] = boxes
+        out.boxes[image] = yolo_boxes(txt, names, classes_file, out)
     return out
+
+
+def yolo_boxes(txt: Path, names: list[str], classes_file: Path, labels: LabelSet) -> list[Box]:
+    """The boxes of one YOLO label file: ``class cx cy w h`` per line, normalised to [0, 1]; errors name file:line."""
+    try:
+        text = txt.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NegsetError(f"{txt}: not a text file (byte {exc.start} is not UTF-8); YOLO labels are text lines "
+                          "'class cx cy w h'", hint="replace or remove that file") from None
+    if "\0" in text:
+        raise NegsetError(f"{txt}: not a text file (it holds NUL bytes); YOLO labels are text lines 'class cx cy w h'",
+                          hint="replace or remove that file")
+    boxes = []
+    for n, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 5:
+            raise NegsetError(f"{txt}:{n}: expected 5 fields 'class cx cy w h', got {len(parts)}: {line[:80]!r}",
+                              hint="negset reads YOLO detection boxes (not segments, keypoints or scores)")
+        try:
+            cid = int(parts[0])
+            cx, cy, w, h = (float(v) for v in parts[1:5])
+        except (ValueError, TypeError):
+            raise NegsetError(f"{txt}:{n}: expected 'class cx cy w h', got {line[:80]!r}") from None
+        if not 0 <= cid < len(names):
+            raise NegsetError(f"{txt}:{n}: class id {cid} is not in {classes_file} ({len(names)} classes)")
+        values = dict(cx=cx, cy=cy, w=w, h=h)
+        bad = [k for k, v in values.items() if not (math.isfinite(v) and 0.0 <= v <= 1.0)]
+        if bad:
+            raise NegsetError(f"{txt}:{n}: {bad[0]} = {parts[1 + list(values).index(bad[0])]} is outside [0, 1]; "
+                              "YOLO coordinates are shares of the image", hint="fix or remove that line")
+        if w <= 0 or h <= 0:
+            raise NegsetError(f"{txt}:{n}: the box has zero size (w {w:g}, h {h:g})", hint="fix or remove that line")
+        box = normalised_box(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, f"{txt}:{n}", labels)
+        boxes.append(Box(names[cid], *box))
+    return boxes
 
 
 def load_list(path: Path) -> set[Path]:
@@ -249,6 +375,13 @@ def load_positives(spec: Positives, targets: list[str], root: Path) -> PositiveS
             f"{labels.source}: no image is labelled with {', '.join(targets)}",
             hint="check ingest.target and that the labels match the images folder",
         )
+    for t in targets:  # each target must be one negset can keep out: a class no image has would be ignored
+        if not any(labels.has_any(p, {t}) for p in paths):
+            raise NegsetError(
+                f"ingest.target: no image in {labels.source} is labelled '{t}'; "
+                "the negatives could not be kept free of it",
+                hint=f"remove '{t}' from ingest.target, or add images labelled with it",
+            )
     return PositiveSpec(paths=paths, labels=labels)
 
 

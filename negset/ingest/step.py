@@ -305,7 +305,12 @@ def run(params: Params, layout: Layout) -> dict:
         candidates=n_cand,
         candidates_with_target=sum(r["role"] == "candidate" and r["has_target"] for r in rows.values()),
         rejected=len(rejected),
+        # boxes that reached outside their image, clipped to it (README "Bad input and faults")
+        boxes_clipped=labels.clipped if labels else 0,
     )
+    if labels and labels.clipped:
+        log.warning("ingest: %d box(es) reached outside their image and were clipped to it; first: %s",
+                    labels.clipped, labels.clipped_first)
     atomic.write_json(layout.ingest / "summary.json", summary)
     log.info(
         "ingest: %d images (%d positives, %d candidates), %d rejected; candidates per source: %s",
@@ -325,7 +330,9 @@ class Journal:
 
     ``pins.parquet`` is written at the end of an ingest; if the process is
     killed before that, the next ingest reads this journal too (``Previous``)
-    and does not download again what was already stored.
+    and does not download again what was already stored (journal and objects
+    lie in the step's staging folder, whose ``salvage`` part the next ingest
+    keeps: negset/core/staging.py).
     """
 
     NAME = "pins-journal.jsonl"

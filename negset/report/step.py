@@ -32,7 +32,7 @@ from pathlib import Path
 from negset.core import atomic
 from negset.core import parquet as pq
 from negset.core.config import Params
-from negset.core.errors import NegsetError
+from negset.core.errors import missing_input
 from negset.core.layout import Layout
 
 log = logging.getLogger("negset.report")
@@ -217,8 +217,7 @@ def histogram(values: list[float], bins: int = BINS, lo: float | None = None, hi
 
 def _read(path: Path, what: str) -> list[dict]:
     if not path.exists():
-        step = {"negatives": "export", "tags": "tag"}.get(path.parent.name, path.parent.name)
-        raise NegsetError(f"{path}: missing; {what} is built by the '{step}' step", hint=f"run `negset {step}` first")
+        raise missing_input(path, what)
     return pq.read_table(path).to_pylist()
 
 
@@ -237,8 +236,8 @@ def read_quarantine(path: Path) -> list[dict] | None:
 def gather(layout: Layout) -> dict:
     neg = layout.negatives
     manifest = _read(neg / "manifest.parquet", "the manifest")
-    metrics = json.loads((neg / "metrics.json").read_text()) if (neg / "metrics.json").exists() else {}
-    run = json.loads((neg / "run.json").read_text()) if (neg / "run.json").exists() else {}
+    metrics = atomic.read_json(neg / "metrics.json") if (neg / "metrics.json").exists() else {}
+    run = atomic.read_json(neg / "run.json") if (neg / "run.json").exists() else {}
     images = _read(layout.ingest / "images.parquet", "the image catalog")
     tags = {r["sha256"]: r for r in _read(layout.tags / "tags.parquet", "the tags")}
     strata = _read(layout.select / "strata.parquet", "the strata table")

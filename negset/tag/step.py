@@ -21,7 +21,6 @@ confidence in [0, 1] (columns ``TAG_source`` and ``TAG_confidence``).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -202,7 +201,7 @@ def run(params: Params, layout: Layout) -> dict:
     images = [im for im in images if im["sha256"] in index]  # images the embed step rejected are gone
     top5 = pq.read_table(layout.embed / "embeddings.parquet", columns=["top5"]).column("top5").to_pylist()
 
-    model_hash = json.loads((layout.embed / "model.json").read_text()).get("model_hash", "")
+    model_hash = atomic.read_json(layout.embed / "model.json").get("model_hash", "")
     # the scene from detected objects (street, kitchen, ...; indoor / outdoor), when detect has run
     scene_of_image: dict[str, tuple] = {}
     if cfg.background.scene_score is not None and detect_store.has_run(layout):

@@ -92,7 +92,11 @@ def test_local_listing_names_files_as_resolving_each_path_would(project, tmp_pat
     via = project / "via"
     via.symlink_to(src, target_is_directory=True)  # the source named through a linked folder
     layout = Layout.at(project)
-    objs = list(LocalSource(via, layout=layout).list())
+    listed = list(LocalSource(via, layout=layout, follow_symlinks=True).list())  # (links followed: not the default)
+    objs = [o for o in listed if o.local_path is not None]
+    refused = sorted(o.uri.rsplit("/", 2)[-2] if o.uri.endswith("/") else o.uri.rsplit("/", 1)[-1]
+                     for o in listed if o.local_path is None)
+    assert refused == ["broken.jpg", "dir-link"]  # listed (as rejected by ingest), never read
     names = [o.local_path.name for o in objs]
     assert "gone.jpg" not in names and "far.jpg" in names and len(objs) == 8
     for o in objs:

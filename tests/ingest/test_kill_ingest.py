@@ -27,7 +27,8 @@ def test_killed_ingest_resumes_without_downloading_again(project, aws_env, moto_
         {"type": "s3", "bucket": bucket, "prefixes": ["raw/"], "endpoint_url": proxy.url, "region": "us-east-1",
          "addressing_style": "path", "workers": 4},
     ]})
-    journal = project / "data" / "ingest" / "pins-journal.jsonl"
+    # the run writes into its staging folder (negset/core/staging.py); a killed run's objects and journal are kept there
+    journal = project / "data" / ".ingest.staging" / "pins-journal.jsonl"
     env = dict(os.environ, NEGSET_NO_PREFECT="1")
     proc = subprocess.Popen([str(BIN / "negset"), "ingest"], cwd=project, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -53,4 +54,5 @@ def test_killed_ingest_resumes_without_downloading_again(project, aws_env, moto_
     assert not {u.split("/", 3)[3] for u in stored_before} & {k.split("/", 2)[2] for k in again}
     images = pq.read_table(project / "data" / "ingest" / "images.parquet").to_pylist()
     assert sum(r["uri"].startswith(f"s3://{bucket}/") for r in images) == total  # nothing lost
-    assert not journal.exists()
+    assert not journal.exists() and not (project / "data" / "ingest" / "pins-journal.jsonl").exists()
+    assert not journal.parent.exists()  # swapped in whole

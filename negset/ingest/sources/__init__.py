@@ -209,7 +209,8 @@ def build_sources(specs, root: Path, layout, previous: Previous | None = None) -
     out: list[Source] = []
     for spec in specs:
         if spec.type == "local":
-            out.append(LocalSource((root / spec.path).resolve(), recursive=spec.recursive, layout=layout))
+            out.append(LocalSource((root / spec.path).resolve(), recursive=spec.recursive, layout=layout,
+                                   follow_symlinks=spec.follow_symlinks))
         elif spec.type == "s3":
             from negset.ingest.sources.s3 import S3Source
 
