@@ -19,7 +19,7 @@ COCO128 = REPO.parent / "shared" / "datasets" / "coco128-train"
 BIN = Path(sys.executable).parent
 
 # Files a project copy needs for `dvc repro` (dvc.yaml hashes the code it depends on).
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "negset", "flows", "tasks", "examples", ".dvcignore", ".gitignore", "prefect.yaml"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "reviews.csv", "negset", "flows", "tasks", "examples", ".dvcignore", ".gitignore", "prefect.yaml"]
 
 
 @pytest.fixture(scope="session", autouse=True)
