@@ -279,6 +279,8 @@ class Handler(BaseHTTPRequestHandler):
         elif path.startswith("/static/") and path[len("/static/"):] in STATIC_FILES:
             name = path[len("/static/"):]
             self._send(HTTPStatus.OK, (STATIC / name).read_bytes(), STATIC_FILES[name])
+        elif path == "/favicon.ico":
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon", "private, max-age=86400")
         elif path == "/api/state":
             self._json(app.state())
         elif path == "/api/cards":

@@ -252,8 +252,13 @@ class Tab:
         self._send("Emulation.setDeviceMetricsOverride",
                    {"width": browser.width, "height": height, "deviceScaleFactor": 1, "mobile": False})
         self.events.clear()
+        self._send("Page.bringToFront")
         self._send("Page.navigate", {"url": url})
         self._wait_event("Page.loadEventFired")
+
+    def front(self) -> None:
+        """Make this the visible tab (browsers throttle timers and observers in background tabs)."""
+        self._send("Page.bringToFront")
 
     def _send(self, method: str, params: dict | None = None) -> dict:
         return self.b._send(method, params, session=self.session, events=self.events)

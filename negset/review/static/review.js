@@ -214,45 +214,55 @@ function columns() {
   return Math.max(1, n);
 }
 
-async function decide(sha, queue, decision, advance) {
-  const before = state.decisions[sha] || null;
-  const art = document.querySelector(`article[data-sha="${sha}"]`);
-  if (art) art.classList.add("saving");
-  state.pending++;
-  setStatus("saving…");
-  try {
-    const res = await api("/api/decide", { sha256: sha, decision: decision, queue: queue });
-    state.undo.push({ sha256: sha, queue: queue, before: before });
-    state.decisions[sha] = decision;
-    paintDecision(sha, decision);
-    state.queues = res.queues;
-    renderQueues();
-    setStatus(`saved: ${res.row.uri.split("/").pop()} → ${LABELS[decision]}`, "saved");
-    if (advance && art && Number(art.dataset.index) === state.current) select(state.current + 1);
-    refreshState().catch(() => {});
-  } catch (e) {
-    setStatus(`NOT saved (${e.message}): try again`, "error");
-  } finally {
-    state.pending--;
-    if (art) art.classList.remove("saving");
-  }
+// One tab's writes go out one at a time, in the order of the keys and clicks: the file's order is the
+// reviewer's order, and an undo always undoes the decision before it (even one still being saved).
+let writes = Promise.resolve();
+function queueWrite(fn) {
+  writes = writes.then(fn, fn);
+  return writes;
 }
 
-async function undo() {
-  const last = state.undo.pop();
-  if (!last) { setStatus("nothing to undo"); return; }
-  try {
-    await api("/api/decide", { sha256: last.sha256, queue: last.queue, decision: last.before || "cleared" });
-    if (last.before) state.decisions[last.sha256] = last.before; else delete state.decisions[last.sha256];
-    paintDecision(last.sha256, last.before);
-    const art = document.querySelector(`article[data-sha="${last.sha256}"]`);
-    if (art) select(Number(art.dataset.index));
-    setStatus(`undone: ${last.before ? "back to " + LABELS[last.before] : "no decision"}`, "saved");
-    await refreshState();
-  } catch (e) {
-    state.undo.push(last);
-    setStatus(`undo NOT saved (${e.message})`, "error");
-  }
+function decide(sha, queue, decision, advance) {
+  const art = document.querySelector(`article[data-sha="${sha}"]`);
+  if (art) art.classList.add("saving");
+  if (advance && art && Number(art.dataset.index) === state.current) select(state.current + 1);
+  state.pending++;
+  setStatus("saving…");
+  return queueWrite(async () => {
+    const before = state.decisions[sha] || null;
+    try {
+      const res = await api("/api/decide", { sha256: sha, decision: decision, queue: queue });
+      state.undo.push({ sha256: sha, queue: queue, before: before });
+      state.decisions[sha] = decision;
+      paintDecision(sha, decision);
+      state.queues = res.queues;
+      renderQueues();
+      setStatus(`saved: ${res.row.uri.split("/").pop()} → ${LABELS[decision]}`, "saved");
+    } catch (e) {
+      setStatus(`NOT saved (${e.message}): try again`, "error");
+    } finally {
+      state.pending--;
+      if (art) art.classList.remove("saving");
+    }
+  });
+}
+
+function undo() {
+  return queueWrite(async () => {
+    const last = state.undo.pop();
+    if (!last) { setStatus("nothing to undo"); return; }
+    try {
+      await api("/api/decide", { sha256: last.sha256, queue: last.queue, decision: last.before || "cleared" });
+      if (last.before) state.decisions[last.sha256] = last.before; else delete state.decisions[last.sha256];
+      paintDecision(last.sha256, last.before);
+      const art = document.querySelector(`article[data-sha="${last.sha256}"]`);
+      if (art) select(Number(art.dataset.index));
+      setStatus(`undone: ${last.before ? "back to " + LABELS[last.before] : "no decision"}`, "saved");
+    } catch (e) {
+      state.undo.push(last);
+      setStatus(`undo NOT saved (${e.message})`, "error");
+    }
+  });
 }
 
 function showQueue(name) {
@@ -294,6 +304,8 @@ async function start() {
     new IntersectionObserver((entries) => {
       if (entries.some((e) => e.isIntersecting)) loadMore();
     }, { rootMargin: "600px" }).observe($("#more"));
+    // and on every scroll: an observer only reports changes, and browsers throttle it in background tabs
+    window.addEventListener("scroll", () => { if (sentinelVisible()) loadMore(); }, { passive: true });
     showQueue(names.includes(wanted) ? wanted : first);
     setStatus(`${Object.values(s.queues).reduce((a, q) => a + q.decided, 0)} decisions so far`);
     setInterval(() => refreshState().catch((e) => setStatus(`server unreachable: ${e.message}`, "error")), POLL_MS);
