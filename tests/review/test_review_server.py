@@ -92,6 +92,12 @@ def test_a_bad_reviews_file_or_port_stops_with_one_line(demo):
     assert proc.stderr.startswith(f"negset: error: {demo / 'reviews.csv'}:2: decision 'perhaps'")
     assert "Traceback" not in proc.stderr
     (demo / "reviews.csv").write_text(HEADER)
+    manifest = demo / "data" / "negatives" / "manifest.parquet"
+    saved = manifest.read_bytes()
+    manifest.unlink()
+    proc = run([sys.executable, "-m", "negset", "review"], demo, check=False, timeout=120)
+    assert proc.returncode == 2 and "manifest.parquet: missing; `negset review` reviews a built project" in proc.stderr
+    manifest.write_bytes(saved)
     with review_server(demo) as (url, _):
         port = url.rsplit(":", 1)[1].strip("/")
         proc = run([sys.executable, "-m", "negset", "review", "--port", port], demo, check=False, timeout=120)
