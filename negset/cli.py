@@ -32,6 +32,8 @@ examples:
   negset evaluate --target dog      chosen vs random negatives on a labelled pool
   negset check-tags --panoptic panoptic.json --masks panoptic/
                                     tags vs ground truth (panoptic labels, hand lighting labels)
+  negset review                     review the quarantine and audit the negatives in a local web page
+  negset review --reviewer ana --port 8765 --audit 100 --hardest 30
   dvc repro                         run the stages that changed, each through negset
 """
 
@@ -132,6 +134,21 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument("--masks", help="folder of the panoptic PNGs (default: tag.background.panoptic.masks)")
     ct.add_argument("--lighting-labels", help="CSV file,lighting,note (default: examples/lighting-labels-coco128.csv)")
     add("refresh", help="ingest new objects, dvc repro, and release (dvc push, commit, tag) when the set changed")
+    rv = add(
+        "review",
+        help="a local web page to review the quarantine and audit the chosen negatives (decisions: reviews.csv)",
+        description="Start a web server on 127.0.0.1 over the built project: the quarantine (suspected positives), "
+        "a seeded random audit sample of the chosen negatives and optionally the hardest ones. Keys: n no target, "
+        "t contains the target, u unsure, arrows move, z undo. Each decision is appended at once to reviews.csv "
+        "in the project (commit it); `dvc repro` then rebuilds what depends on it.",
+        epilog="examples:\n  negset review\n  negset review --reviewer ana --port 8765\n"
+        "  negset review --audit 100 --hardest 30",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rv.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    rv.add_argument("--audit", type=int, default=50, metavar="N", help="random chosen negatives to audit (default 50)")
+    rv.add_argument("--hardest", type=int, default=0, metavar="N", help="also review the N hardest chosen negatives (default 0: off)")
+    rv.add_argument("--reviewer", help="name written with each decision (default: the user name)")
     return p
 
 
@@ -237,6 +254,14 @@ def _run(args) -> dict:
         if not args.json:
             print(report(result))
         return result
+    if args.command == "review":  # writes reviews.csv only (locked per decision): no project lock
+        from negset.core.layout import Layout
+        from negset.review.server import serve
+
+        if not 0 <= args.port <= 65535 or args.audit < 0 or args.hardest < 0:
+            raise NegsetError("--port must be 0..65535, --audit and --hardest at least 0")
+        target = ", ".join(params.ingest.target)
+        return serve(Layout.at(root), target, port=args.port, audit=args.audit, hardest=args.hardest, reviewer=args.reviewer)
     if args.command == "refresh":  # takes the project lock itself and hands it to `dvc repro`
         if args.no_prefect:
             from negset.tools.release import refresh

@@ -22,7 +22,7 @@ COCO128 = SHARED / "datasets" / "coco128-train"
 BIN = Path(sys.executable).parent
 
 # Files a project copy needs for `dvc repro` (dvc.yaml hashes the code it depends on).
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "negset.lock", "negset", "flows", "tasks", "examples", ".dvcignore", ".gitignore", "prefect.yaml"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "negset.lock", "reviews.csv", "negset", "flows", "tasks", "examples", ".dvcignore", ".gitignore", "prefect.yaml"]
 
 
 @pytest.fixture(scope="session", autouse=True)

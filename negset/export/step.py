@@ -3,13 +3,15 @@
 ``data/negatives/`` holds ``manifest.parquet`` and ``manifest.csv`` (one row
 per chosen image: uri, sha256, tags, stratum, scores, reason), ``images/``
 (the chosen images), ``metrics.json`` (counts per stratum, positives vs
-negatives) and ``run.json`` (parameters, model and weights hash, seed and
-source versions: everything needed to explain and re-run the selection).
+negatives; the audited contamination and the review progress, from
+``reviews.csv``) and ``run.json`` (parameters, model and weights hash, seed
+and source versions: everything needed to explain and re-run the selection).
 The folder is built aside and swapped in whole.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import re
@@ -56,6 +58,21 @@ def tv_distance(a: dict[str, float], b: dict[str, float]) -> float:
     return 0.5 * sum(abs(a.get(k, 0) / ta - b.get(k, 0) / tb) for k in keys)
 
 
+def review_metrics(layout: Layout, negatives: list[str]) -> dict:
+    """``audit`` (the audited contamination of the chosen set, Clopper-Pearson 95% upper bound) and
+    ``reviews`` (review progress of the quarantine), from ``reviews.csv`` (none: nothing reviewed yet)."""
+    from negset.review import audit
+    from negset.review.decisions import read_reviews, reviews_path
+
+    reviews = read_reviews(reviews_path(layout))
+    quarantine = []
+    path = layout.select / "quarantine.csv"
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as fh:
+            quarantine = [r["sha256"] for r in csv.DictReader(fh) if r.get("sha256")]
+    return dict(audit=audit.contamination(negatives, reviews), reviews=audit.progress(quarantine, reviews))
+
+
 def run(params: Params, layout: Layout) -> dict:
     cfg = params.export
     with catalog.connect(layout) as con:
@@ -84,6 +101,7 @@ def run(params: Params, layout: Layout) -> dict:
         strata_tv_distance=round(tv_distance(pos, neg), 4),
         per_stratum=per_stratum,
     )
+    metrics.update(review_metrics(layout, manifest.column("sha256").to_pylist()))
     model = atomic.read_json(layout.embed / "model.json")
     ingest_summary = atomic.read_json(layout.ingest / "summary.json")
     run_info = dict(

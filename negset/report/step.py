@@ -327,6 +327,7 @@ def section_overview(d: dict) -> str:
     ]
     if d["quarantine"] is not None:
         cards.append((len(d["quarantine"]), "quarantined"))
+    cards[:0] = review_cards(m)
     target = ", ".join((run.get("params", {}).get("ingest", {}) or {}).get("target", []) or [])
     html_cards = "".join(f'<div class="card"><b>{esc(v)}</b><span>{esc(k)}</span></div>' for v, k in cards)
     return (
@@ -338,6 +339,24 @@ def section_overview(d: dict) -> str:
         '<a href="#hardest">hardest</a><a href="#rejected">rejected</a><a href="#quarantine">quarantine</a>'
         '<a href="#run">run</a><a href="#manifest">manifest</a></nav>'
     )
+
+
+def review_cards(m: dict) -> list[tuple[str, str]]:
+    """The audited contamination and the quarantine's review progress (metrics.json, from reviews.csv)."""
+    a, r = m.get("audit"), m.get("reviews")
+    if not a:
+        return []
+    if a.get("audited"):
+        value = f"\u2264 {100 * a['contamination_upper_95']:.1f}%"
+        label = f"contamination at 95%: {a['contain_target']} of {a['audited']} audited contain the target"
+    else:
+        value, label = "?", "contamination: no chosen negative audited yet (negset review)"
+    if not a.get("complete"):
+        label += f"; audit incomplete, {a.get('unreviewed')} of {a.get('planned')} not reviewed"
+    out = [(value, label)]
+    if r:
+        out.append((f"{r['quarantine_reviewed']} / {r['quarantined']}", "quarantine reviewed / quarantined"))
+    return out
 
 
 def strata_rows(d: dict) -> list[dict]:

@@ -3,7 +3,7 @@
 Writes what a project needs and nothing it already has: ``params.yaml``
 (commented, every section present), ``dvc.yaml`` (stages on the project's
 data, its params sections and ``negset.lock``), ``negset.lock`` (the negset
-version), ``data/.gitignore``, ``.gitignore``, ``prefect.yaml`` and the DVC plot
+version), ``data/.gitignore``, ``.gitignore``, ``prefect.yaml``, ``reviews.csv`` (its header) and the DVC plot
 templates; runs ``git init`` and ``dvc init`` when the folder is not a
 repository yet and adds a local DVC remote when there is no default remote.
 A file that exists is kept byte for byte (and reported: kept, or unchanged
@@ -291,6 +291,9 @@ def init(opts: Options, ask: Callable[[str, str | None], str] | None = None) -> 
     _write_new(root, "data/.gitignore", project.DATA_GITIGNORE, report)
     _write_new(root, ".gitignore", project.ROOT_GITIGNORE, report)
     _write_new(root, "prefect.yaml", project.prefect_yaml(), report)
+    from negset.review.decisions import HEADER as REVIEWS_HEADER
+
+    _write_new(root, project.REVIEWS, REVIEWS_HEADER, report)  # `negset review` appends; select depends on it
     _plot_templates(root, report)
     shown = str(opts.folder)
     nxt = ([f"cd {shown}"] if root != Path.cwd().resolve() else ["negset check"]) + [

@@ -50,6 +50,7 @@ class Stage:
 IMAGES = Path_("data/ingest/images.parquet")
 LABELS = Path_("data/ingest/labels.parquet")
 TAGS = Path_("data/tags/tags.parquet")
+REVIEWS = "reviews.csv"  # written by `negset review`; negset init writes its header
 
 STAGES: dict[str, Stage] = {
     "ingest": Stage(
@@ -76,21 +77,25 @@ STAGES: dict[str, Stage] = {
               Path_("data/tags/centroids.parquet", persist=True, note="kept: clusters stay stable on refreshes")),
     ),
     "select": Stage(
-        deps=(IMAGES, Path_("data/embed"), TAGS),
+        deps=(IMAGES, Path_("data/embed"), TAGS,
+              Path_(REVIEWS, note="what `negset review` decided (a header-only file when nothing yet)")),
         params=("select",),
-        reads=("negset/embed/store.py", "negset/tag/quality.py"),
+        reads=("negset/embed/store.py", "negset/tag/quality.py", "negset/review/decisions.py"),
         outs=(Path_("data/select"),),
     ),
     "export": Stage(
-        deps=(IMAGES, Path_("data/ingest/summary.json"), Path_("data/embed/model.json"), TAGS, Path_("data/select")),
+        deps=(IMAGES, Path_("data/ingest/summary.json"), Path_("data/embed/model.json"), TAGS, Path_("data/select"),
+              Path_(REVIEWS, note="the audit's decisions: contamination in metrics.json")),
         params=("export",),
+        reads=("negset/review/audit.py", "negset/review/decisions.py"),
         outs=(Path_("data/negatives/manifest.parquet"), Path_("data/negatives/manifest.csv"),
               Path_("data/negatives/images"), Path_("data/negatives/run.json")),
         metrics=(Path_("data/negatives/metrics.json", cache=False),),
     ),
     "report": Stage(
         deps=(IMAGES, Path_("data/ingest/rejected.parquet"), TAGS,
-              Path_("data/select"), Path_("data/negatives/manifest.parquet"), Path_("data/negatives/run.json")),
+              Path_("data/select"), Path_("data/negatives/manifest.parquet"), Path_("data/negatives/run.json"),
+              Path_("data/negatives/metrics.json", note="its cards: counts, audited contamination, review progress")),
         outs=(Path_("data/negatives/report.html"), Path_("data/negatives/plots", cache=False)),
     ),
 }

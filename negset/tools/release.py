@@ -350,11 +350,23 @@ def metrics(root: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def audit_line(m: dict, released: bool = True) -> str:
+    """The audited contamination as one sentence; a release made while the audit is incomplete says so."""
+    from negset.review.audit import statement
+
+    audit = m.get("audit")
+    text = f"Audit: {statement(audit)}."
+    if released and not (audit or {}).get("complete"):
+        text = "**Released while the audit is incomplete.** " + text
+    return text
+
+
 def release_notes(root: Path, change: Change) -> str:
     m = metrics(root)
     lines = [
         f"negatives: {m.get('negatives', change.negatives)} for {m.get('positives', '?')} positives; "
         f"since {change.previous or 'the start'}: {len(change.added)} added, {len(change.removed)} removed",
+        audit_line(m).replace("**", ""),
     ]
     lines += [f"+ {r['sha256'][:12]} {r['uri']}" for r in change.added]
     lines += [f"- {r['sha256'][:12]} {r['uri']}" for r in change.removed]
@@ -375,6 +387,11 @@ def summary_markdown(root: Path, change: Change, tag: str | None) -> str:
         lines.append(f"Nothing changed since {change.previous or 'the last commit'}: no commit, no tag.")
     lines += ["", f"Negatives: {m.get('negatives', change.negatives)} for {m.get('positives', '?')} positives "
                   f"(pool {m.get('candidates', '?')} candidates, strata TV distance {m.get('strata_tv_distance', '?')})."]
+    lines += ["", audit_line(m, released=tag is not None)]
+    if m.get("reviews"):
+        r = m["reviews"]
+        lines.append(f"Quarantine: {r['quarantine_reviewed']} of {r['quarantined']} suspected positives reviewed "
+                     f"({r['quarantine_contains_target']} contain the target).")
     lines += ["", "| stratum | positives | negatives |", "|---|---:|---:|"]
     for name, c in sorted((m.get("per_stratum") or {}).items()):
         lines.append(f"| {name} | {c['positives']} | {c['negatives']} |")

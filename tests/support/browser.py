@@ -228,3 +228,116 @@ class Browser:
 
 def file_url(path: Path) -> str:
     return Path(path).resolve().as_uri()
+
+
+# ---------------------------------------------------------------- interactive tabs
+
+KEY_CODES = {"ArrowLeft": 37, "ArrowUp": 38, "ArrowRight": 39, "ArrowDown": 40, "Enter": 13, "Escape": 27}
+
+
+class Tab:
+    """One open page that stays open: evaluate script, press keys, click, reload, screenshot.
+
+    Keys and clicks go through ``Input.dispatch*Event``: the page sees real
+    trusted events, as from a person at the keyboard and mouse.
+    """
+
+    def __init__(self, browser: "Browser", url: str, height: int = 900):
+        self.b = browser
+        self.events: list[dict] = []
+        self.target = browser._send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = browser._send("Target.attachToTarget", {"targetId": self.target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            self._send(f"{domain}.enable")
+        self._send("Emulation.setDeviceMetricsOverride",
+                   {"width": browser.width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.events.clear()
+        self._send("Page.bringToFront")
+        self._send("Page.navigate", {"url": url})
+        self._wait_event("Page.loadEventFired")
+
+    def front(self) -> None:
+        """Make this the visible tab (browsers throttle timers and observers in background tabs)."""
+        self._send("Page.bringToFront")
+
+    def _send(self, method: str, params: dict | None = None) -> dict:
+        return self.b._send(method, params, session=self.session, events=self.events)
+
+    def _wait_event(self, method: str) -> None:
+        deadline = time.monotonic() + self.b.timeout
+        while not any(e["method"] == method and e.get("sessionId") == self.session for e in self.events):
+            raw = self.b._ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+            data = json.loads(raw)
+            if "method" in data:
+                self.events.append(data)
+
+    @property
+    def errors(self) -> list[str]:
+        out = []
+        for e in self.events:
+            if e.get("sessionId") != self.session:
+                continue
+            m, p = e["method"], e.get("params", {})
+            if m == "Runtime.exceptionThrown":
+                d = p["exceptionDetails"]
+                out.append(d.get("exception", {}).get("description") or d.get("text", "exception"))
+            elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                out.append(" ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", [])))
+            elif m == "Log.entryAdded" and p["entry"].get("level") == "error":
+                out.append(f"{p['entry'].get('source')}: {p['entry'].get('text')} {p['entry'].get('url', '')}".strip())
+        return out
+
+    def eval(self, expression: str, await_promise: bool = False):
+        res = self._send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": await_promise})
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"{expression[:80]}: {res['exceptionDetails'].get('exception', {}).get('description')}")
+        return res["result"].get("value")
+
+    def wait(self, expression: str, timeout: float = 30.0, interval: float = 0.05):
+        """Poll ``expression`` until it is truthy; return its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.eval(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout}s for: {expression}")
+            time.sleep(interval)
+
+    def key(self, key: str) -> None:
+        if len(key) == 1:
+            params = {"key": key, "code": f"Key{key.upper()}", "text": key, "unmodifiedText": key,
+                      "windowsVirtualKeyCode": ord(key.upper())}
+        else:
+            params = {"key": key, "code": key, "windowsVirtualKeyCode": KEY_CODES[key]}
+        self._send("Input.dispatchKeyEvent", {"type": "keyDown", **params})
+        self._send("Input.dispatchKeyEvent", {"type": "keyUp", **{k: v for k, v in params.items() if k not in ("text", "unmodifiedText")}})
+
+    def click(self, selector: str) -> None:
+        """A real mouse click at the centre of the first element ``selector`` matches (scrolled into view)."""
+        box = self.eval(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null;"
+            " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+            " return [r.left + r.width / 2, r.top + r.height / 2]; })()"
+        )
+        if box is None:
+            raise LookupError(f"no element matches {selector!r}")
+        x, y = box
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self._send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
+
+    def reload(self) -> None:
+        self.events.clear()
+        self._send("Page.reload", {"ignoreCache": True})
+        self._wait_event("Page.loadEventFired")
+
+    def screenshot(self) -> bytes:
+        """The viewport as PNG."""
+        return base64.b64decode(self._send("Page.captureScreenshot", {"format": "png"})["data"])
+
+    def close(self) -> None:
+        self.b._send("Target.closeTarget", {"targetId": self.target})
+
+
+def open_tab(browser: Browser, url: str, height: int = 900) -> Tab:
+    return Tab(browser, url, height)
