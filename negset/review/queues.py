@@ -182,7 +182,7 @@ class Project:
             norm = self._normalise(box, card)
             if norm is None:
                 continue
-            label = r.get("label") or r.get("class") or r.get("category") or "detection"
+            label = r.get("label") or r.get("cls") or r.get("class") or r.get("category") or "detection"
             card.boxes.append(dict(box=norm, label=str(label), score=_float(r.get("score")), kind="detection"))
             n += 1
         return n > 0

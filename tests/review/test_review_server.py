@@ -38,7 +38,7 @@ def test_review_serves_by_sha256_only_and_guards_writes(demo):
         assert len(rest) == 2 and not {c["sha256"] for c in rest} & {c["sha256"] for c in cards["cards"]}
         card = cards["cards"][0]
         assert card["sha256"] in {m["sha256"] for m in manifest} and card["reason"]
-        assert card["nearest"]["similarity"] > 0 and card["boxes"][0]["kind"] == "crop"  # the demo embeds regions
+        assert card["nearest"]["similarity"] > 0 and card["boxes"][0]["kind"] == "detection"  # the demo runs detect
 
         status, headers, body = request(url, "GET", f"/image/{card['sha256']}")
         assert status == 200 and body == layout.object_path(card["sha256"]).read_bytes()
