@@ -25,6 +25,7 @@ from negset.core import similarity as sim
 from negset.core.config import Select
 from negset.core.errors import NegsetError
 from negset.select.pool import Pool, owner_rows
+from negset.select.reviewed import Reviewed
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Evidence:
     hardness: np.ndarray  # what the bands use: pos_similarity, or the region-to-object similarity
     hardness_by: str  # image | regions
     keys: np.ndarray  # seeded uint64 key per row
+    reviewed: Reviewed | None = None  # a person's decisions (reviews.csv), set by choose
 
     def name_of(self, row: int) -> str:
         """The uri of a pool row, '?' for none (-1)."""

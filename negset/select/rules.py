@@ -28,6 +28,7 @@ HASH_PAIRS_MAX = 5e7  # candidates x positives compared bit by bit; beyond, iden
 class Rule:
     name: str = ""
     reads: tuple[str, ...] = ()
+    suspects_positive: bool = False  # True: only a suspicion, so an image a person reviewed as no_target is spared
 
     def judge(self, ev: Evidence, live: np.ndarray) -> Verdict | None:
         raise NotImplementedError
@@ -49,6 +50,20 @@ class TargetLabel(Rule):
 
     def explain(self, row, score, detail, ev, facts):
         return "labelled with the target class"
+
+
+class ReviewedPositive(Rule):
+    """A person saw the target (``negset review``, ``reviews.csv``): out for good, listed in new_positives.csv."""
+
+    name = "reviewed_positive"
+
+    def judge(self, ev, live):
+        if ev.reviewed is None or not ev.reviewed.positive.any():
+            return None
+        return Verdict(live & ev.reviewed.positive, 1.0)
+
+    def explain(self, row, score, detail, ev, facts):
+        return f"contains the target: {ev.reviewed.of_row[row].describe()}; listed in new_positives.csv to be labelled"
 
 
 class ExactDuplicate(Rule):
@@ -141,6 +156,7 @@ class Quarantine(Rule):
     or nearer to a positive than to any labelled negative. Listed in quarantine.csv for a person."""
 
     name = "quarantine"
+    suspects_positive = True
     reads = ("quarantine.enabled", "quarantine.positive_percentile", "quarantine.min_similarity",
              "quarantine.nearest_labelled", "quarantine.reference_max", "top_k", "seed")
 
@@ -266,6 +282,7 @@ class PoolDuplicate(Rule):
 # precedence = order: an image that breaks several rules is left out by the first
 PIPELINE: tuple[Rule, ...] = (
     TargetLabel(),
+    ReviewedPositive(),
     ExactDuplicate(),
     NearDuplicate(),
     *(QualityCheck(c) for c in quality.CHECKS),

@@ -6,7 +6,8 @@ The selection is a pipeline of named units (:func:`choose`):
    positives, its nearest positive and its hardness (whole image, or the best
    crop against the positives' target objects);
 2. rules (``rules.py``, in precedence order): ``target_label``,
-   ``exact_duplicate``, ``near_duplicate``, ``quality:<check>``,
+   ``reviewed_positive`` (a person's decisions in ``reviews.csv``:
+   ``reviewed.py``), ``exact_duplicate``, ``near_duplicate``, ``quality:<check>``,
    ``quarantine``, ``context:background``, ``context:irrelevant``,
    ``pool_duplicate``. A ledger (``ledger.py``) records the first rule each
    image broke, its score and detail; ``rejected.parquet`` lists them with
@@ -43,6 +44,9 @@ from negset.select.ledger import Ledger
 from negset.select.picks import pick_reason, pick_strata, shortfall_fill, strata_table
 from negset.select.pool import Pool, load_pool
 from negset.select.quotas import count_strata, stratum_quotas
+from negset.review.decisions import CONTAINS_TARGET, read_reviews, reviews_path
+from negset.select.reviewed import (Reviewed, image_sizes, new_positive_rows, new_positives_coco, new_positives_table,
+                                    reviewed_in_pool)
 from negset.select.rules import BY_NAME, PIPELINE, RULES
 
 log = logging.getLogger("negset.select")
@@ -59,15 +63,18 @@ class _Stopwatch:
         self.last = now
 
 
-def choose(pool: Pool, cfg: Select, want: int) -> Choice:
-    """Apply every rule to the pool and choose ``want`` negatives."""
+def choose(pool: Pool, cfg: Select, want: int, reviewed: Reviewed | None = None) -> Choice:
+    """Apply every rule to the pool and choose ``want`` negatives (honouring a person's ``reviewed`` decisions)."""
     clock = _Stopwatch()
     ev = gather_evidence(pool, cfg)
+    ev.reviewed = reviewed if reviewed is not None else Reviewed.none(len(pool.sha256))
     clock.lap("similarity")
     ledger = Ledger(ev.candidates, RULES)
     for rule in PIPELINE:
         verdict = rule.judge(ev, ledger.live())
         if verdict is not None:
+            if rule.suspects_positive:
+                verdict = ev.reviewed.spare(rule.name, verdict, ledger.live())
             ledger.record(rule.name, verdict)
         clock.lap(rule.name)
     eligible = ledger.live()
@@ -86,7 +93,7 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     taken[[p.row for p in picks]] = True
     picks += shortfall_fill(ev, ledger.live() & ~taken, bands, picks, want)
     clock.lap("dedup_fill")
-    reasons = [pick_reason(p, ev, bands, want) for p in picks]
+    reasons = [ev.reviewed.reason_of(p.row, pick_reason(p, ev, bands, want)) for p in picks]
     clock.lap("reasons")
     return Choice(picks=picks, reasons=reasons, evidence=ev, ledger=ledger, bands=bands,
                   strata=strata_table(strata, quotas, picks), want=want, timings=clock.times)
@@ -95,14 +102,16 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
 def run(params: Params, layout: Layout) -> dict:
     cfg = params.select
     axes = list(cfg.strata)
+    reviews = read_reviews(reviews_path(layout))
     with catalog.connect(layout) as con:
         pool = load_pool(con, layout, axes)
         axis_values = con.execute(
             f"SELECT i.sha256, {', '.join('t.' + a for a in axes)} FROM images i JOIN tags t USING (sha256) ORDER BY i.sha256"
         ).fetchall()
+        sizes = image_sizes(con, [s for s, r in reviews.items() if r.decision == CONTAINS_TARGET])
     n_pos = int(pool.positive.sum())
     want = cfg.size_for(n_pos)
-    choice = choose(pool, cfg, want)
+    choice = choose(pool, cfg, want, reviewed_in_pool(pool, reviews))
 
     folder = layout.select
     atomic.write_parquet(outputs.selection_table(choice, pool, axes, {r[0]: r[1:] for r in axis_values}),
@@ -117,7 +126,12 @@ def run(params: Params, layout: Layout) -> dict:
 
     atomic.write_parquet(pa.Table.from_pylist(strata), folder / "strata.parquet")
     atomic.write_parquet(outputs.scores_table(choice, pool), folder / "scores.parquet")
+    with atomic.atomic_path(folder / "new_positives.csv") as tmp:
+        pacsv.write_csv(new_positives_table(choice, pool), tmp)
+    atomic.write_json(folder / "new_positives.coco.json",
+                      new_positives_coco(choice, pool, sizes, params.ingest.target, layout))
     summary = outputs.summary_of(choice, pool, cfg, strata, axes)
+    summary.update(choice.evidence.reviewed.counts(), new_positives=len(new_positive_rows(choice)))
     atomic.write_json(folder / "summary.json", summary)
     if len(choice.picks) < want:
         log.warning("select: asked for %d negatives, the pool had only %d eligible", want, len(choice.picks))
@@ -126,4 +140,9 @@ def run(params: Params, layout: Layout) -> dict:
         len(choice.picks), summary["chosen_by_band"], summary["rejected"], summary["rejected_by_rule"],
         summary["quarantined"],
     )
+    if reviews:
+        log.info("select: reviews.csv: %d decision(s) applied (%s; cleared of a suspicion: %s), %d ignored "
+                 "(not candidates now), %d new positive(s) in new_positives.csv", summary["reviews_applied"],
+                 summary["reviews_by_decision"], summary["reviews_cleared"], summary["reviews_ignored"],
+                 summary["new_positives"])
     return summary

@@ -2,13 +2,18 @@
 of every other dog image removed, so the quarantine has real suspected positives).
 
 Keyboard and click decisions land in reviews.csv, a second tab's decisions are kept, a reload shows them,
-another local page cannot write; and 500 cards load page by page (the time is printed)."""
+another local page cannot write; then `negset select` honours the decisions (the reviewed-negative quarantined
+image is eligible again, the reviewed-positive one is out for good and listed for labelling, the reasons name
+the review); and 500 cards load page by page (the time is printed)."""
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -82,7 +87,7 @@ def wait_rows(root: Path, n: int, timeout: float = 20):
 CARDS_READY = "document.querySelectorAll('article.card').length > 0 && !!document.querySelector('article.current')"
 
 
-def test_keyboard_clicks_two_tabs_reload_and_refusals(browser, reviewed_project):
+def test_keyboard_clicks_two_tabs_reload_and_refusals(browser, reviewed_project, capsys):
     root = reviewed_project
     with review_server(root, "--reviewer", "ana", "--hardest", "5") as (url, _):
         tab = open_tab(browser, url)
@@ -205,6 +210,39 @@ def test_keyboard_clicks_two_tabs_reload_and_refusals(browser, reviewed_project)
         assert im.size == (1280, 900) and max(ImageStat.Stat(im.convert("L")).stddev) > 20
         tab2.close()
         tab.close()
+    said = select_honours_the_reviews(root, quarantine_queue=queue == "quarantine")
+    with capsys.disabled():
+        print("\nnegset select after the review:\n  " + "\n  ".join(said))
+
+
+def select_honours_the_reviews(root: Path, quarantine_queue: bool) -> list[str]:
+    """`negset select` after the decisions: no_target spares the quarantine, contains_target is reviewed_positive."""
+    before = {r["sha256"]: r["rule"] for r in pq.read_table(root / "data/select/rejected.parquet").to_pylist()}
+    done = subprocess.run([sys.executable, "-m", "negset", "--no-prefect", "--params", str(root / "params.yaml"), "select"],
+                          cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    in_force = read_reviews(root / "reviews.csv")
+    sel = root / "data" / "select"
+    status = {r["sha256"]: r["status"] for r in pq.read_table(sel / "scores.parquet").to_pylist()}
+    rejected = {r["sha256"]: r for r in pq.read_table(sel / "rejected.parquet").to_pylist()}
+    reasons = {r["sha256"]: r["reason"] for r in pq.read_table(sel / "selection.parquet").to_pylist()}
+    with open(sel / "new_positives.csv", newline="") as fh:
+        listed = {r["sha256"]: r for r in csv.DictReader(fh)}
+    spared = [s for s, r in in_force.items() if r.decision == "no_target" and before.get(s) == "quarantine"]
+    positive = [s for s, r in in_force.items() if r.decision == "contains_target"]
+    if quarantine_queue:  # COCO128: a quarantined image reviewed each way (the demo has no quarantine)
+        assert spared and positive
+    for s in spared:
+        assert status[s] in ("chosen", "eligible"), (s, status[s], rejected.get(s))
+        if status[s] == "chosen":
+            assert reasons[s].endswith(f"suspected positive (quarantine) cleared: {in_force[s].describe()}")
+    for s in positive:
+        assert rejected[s]["rule"] == "reviewed_positive" and status[s] == "reviewed_positive"
+        assert in_force[s].describe() in rejected[s]["reason"] and "by ana on " in rejected[s]["reason"]
+        assert (listed[s]["reviewer"], listed[s]["time"]) == ("ana", in_force[s].time)
+    assert set(listed) == set(positive)
+    return ([f"{s[:12]} was quarantine, now {status[s]}: {reasons.get(s, '(not chosen)')}" for s in spared]
+            + [f"{s[:12]} {rejected[s]['rule']}: {rejected[s]['reason']}" for s in positive])
 
 
 def fake_project(root: Path, n: int) -> Layout:
