@@ -263,10 +263,10 @@ class Calibration(_Section):
     """The target threshold, calibrated on the known positives (per source)."""
 
     recall: float = Field(
-        0.95, gt=0, le=1, description="the threshold still finds the target in this share of the positives (their max target score)"
+        1.0, gt=0, le=1, description="the threshold still finds the target in this share of the positives (their max target score)"
     )
     floor: float = Field(0.05, ge=0, le=1, description="the threshold is never under this")
-    ceiling: float = Field(0.5, ge=0, le=1, description="... nor over this (also the threshold of a source no positive can calibrate)")
+    ceiling: float = Field(0.1, ge=0, le=1, description="... nor over this (also the threshold of a source no positive can calibrate)")
     threshold: float | None = Field(None, ge=0, le=1, description="a fixed threshold instead of the calibration")
 
     @model_validator(mode="after")
@@ -490,6 +490,11 @@ class Select(_Section):
         "(needs embed.regions > 0); auto = regions when embedded, else image",
     )
     diversity: Literal["kcenter", "random"] = Field("kcenter", description="picks inside a stratum: k-center greedy or seeded random")
+    weak_detection_percentile: float | None = Field(
+        50.0, ge=0, le=100,
+        description="an unlabelled candidate with a target detection under the calibrated threshold is quarantined "
+        "too when its hardness reaches this percentile of the unlabelled candidates'; null = only detections at the threshold",
+    )
     leaks: Leaks = Leaks()
     quarantine: Quarantine = Quarantine()
     bands: Bands = Bands()

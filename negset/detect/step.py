@@ -122,8 +122,9 @@ def _calibrate(src: DetectSource, rows: list[dict], images: list[dict], targets:
     record = threshold_from_positives([strongest[s][0] if s in strongest else 0.0 for s in positives], params.detect.calibration)
     if not knows:
         record.update(threshold=None, method="the source has no target class")
+    kind = "predictions" if src.predictions else ("builtin" if src.model.startswith("builtin:") else "model")
     record.update(knows_target=knows, positives_total=sum(im["role"] == "positive" for im in images),
-                  target_classes=sorted(classes & targets))
+                  target_classes=sorted(classes & targets), kind=kind)
     return record, strongest
 
 
