@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if not (args.coco128 / "images").is_dir():
         raise SystemExit(f"{args.coco128}: no COCO128 here (pass --coco128 DIR)")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(message)s")  # warnings: in the table
     _, labels = truth(args.coco128)
     work = args.keep or Path(tempfile.mkdtemp(prefix="rawpool-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -490,6 +490,11 @@ class Select(_Section):
         "(needs embed.regions > 0); auto = regions when embedded, else image",
     )
     diversity: Literal["kcenter", "random"] = Field("kcenter", description="picks inside a stratum: k-center greedy or seeded random")
+    unknown_axis_share: float | None = Field(
+        0.5, ge=0, le=1,
+        description="a stratum axis 'unknown' for more than this share of the candidates (and not for most positives) "
+        "is left out of the quotas, with a warning; null = never",
+    )
     weak_detection_percentile: float | None = Field(
         50.0, ge=0, le=100,
         description="an unlabelled candidate with a target detection under the calibrated threshold is quarantined "

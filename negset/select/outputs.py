@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pyarrow as pa
 
@@ -181,4 +183,9 @@ def summary_of(choice: Choice, pool: Pool, cfg: Select, strata: list[dict], axes
         quota=cfg.quota,
         diversity=cfg.diversity,
         axes=axes,
+        axes_used=choice.axes,
+        axes_dropped=choice.dropped_axes,
+        chosen_by_rule=dict(sorted(Counter(p.rule for p in choice.picks).items())),
+        model_false_positives=sum(p.rule == "model_false_positive" for p in choice.picks),
+        warnings=choice.warnings,
     )

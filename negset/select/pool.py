@@ -104,7 +104,7 @@ class Pool:
         """The same pool with strata over ``axes`` only (a subset of ``axis_values``)."""
         from dataclasses import replace
 
-        strata = [" | ".join(str(self.axis_values[a][i]) for a in axes) for i in range(len(self.sha256))]
+        strata = [" | ".join(str(self.axis_values[a][i]) for a in axes) or "all" for i in range(len(self.sha256))]
         names = sorted(set(strata))
         code = {s: i for i, s in enumerate(names)}
         return replace(self, stratum=np.asarray([code[s] for s in strata], np.int32), stratum_names=names)

@@ -40,9 +40,9 @@ from negset.select.bands import assign_bands
 from negset.select.choice import Choice
 from negset.select.evidence import gather_evidence
 from negset.select.ledger import Ledger
-from negset.select.picks import pick_reason, pick_strata, shortfall_fill, strata_table
+from negset.select.picks import model_false_positives, pick_reason, pick_strata, shortfall_fill, strata_table
 from negset.select.pool import Pool, load_pool
-from negset.select.quotas import count_strata, stratum_quotas
+from negset.select.quotas import axis_warning, count_strata, stratum_quotas, usable_axes
 from negset.select.rules import BY_NAME, PIPELINE, RULES
 
 log = logging.getLogger("negset.select")
@@ -62,6 +62,11 @@ class _Stopwatch:
 def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     """Apply every rule to the pool and choose ``want`` negatives."""
     clock = _Stopwatch()
+    axes, dropped_axes = usable_axes(pool, list(cfg.strata), cfg.unknown_axis_share)
+    if dropped_axes:
+        pool = pool.restratified(axes)
+        for d in dropped_axes:
+            log.warning("select: %s", axis_warning(d, cfg.unknown_axis_share))
     ev = gather_evidence(pool, cfg)
     clock.lap("similarity")
     ledger = Ledger(ev.candidates, RULES)
@@ -72,12 +77,15 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
         clock.lap(rule.name)
     eligible = ledger.live()
     bands = assign_bands(ev.hardness, np.flatnonzero(eligible), cfg.bands)
-    strata = count_strata(pool, eligible, bands.code)
-    quotas = stratum_quotas(strata, want, cfg)
+    first = model_false_positives(ev, eligible, bands, want)  # offered before any quota
+    rest = eligible.copy()
+    rest[[p.row for p in first]] = False
+    strata = count_strata(pool, rest, bands.code)
+    quotas = stratum_quotas(strata, want - len(first), cfg)
     clock.lap("bands_quotas")
     whole_pool = ledger.facts["pool_duplicate"]["whole_pool"]
     # pools grouped whole have no duplicates left; else each pick keeps off the near-duplicates of earlier ones
-    picks = pick_strata(ev, eligible, bands, strata, quotas, stop=0.0 if whole_pool else cfg.leaks.near_duplicate)
+    picks = first + pick_strata(ev, rest, bands, strata, quotas, stop=0.0 if whole_pool else cfg.leaks.near_duplicate)
     clock.lap("picks")
     if not whole_pool and len(picks) > 1:  # near-duplicates across strata (large pools)
         dropped = ledger.record("pool_duplicate", BY_NAME["pool_duplicate"].among_picks(ev, np.asarray([p.row for p in picks])))
@@ -89,7 +97,9 @@ def choose(pool: Pool, cfg: Select, want: int) -> Choice:
     reasons = [pick_reason(p, ev, bands, want) for p in picks]
     clock.lap("reasons")
     return Choice(picks=picks, reasons=reasons, evidence=ev, ledger=ledger, bands=bands,
-                  strata=strata_table(strata, quotas, picks), want=want, timings=clock.times)
+                  strata=strata_table(strata, quotas, picks), want=want, timings=clock.times,
+                  axes=axes, dropped_axes=dropped_axes,
+                  warnings=[axis_warning(d, cfg.unknown_axis_share) for d in dropped_axes])
 
 
 def run(params: Params, layout: Layout) -> dict:
