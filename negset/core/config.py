@@ -483,11 +483,13 @@ class Select(_Section):
     )
     min_per_stratum: int = Field(0, ge=0, description="each stratum with positives gets at least this many (if it has them)")
     top_k: int = Field(5, ge=1, description="similarity to the positives = mean of the top-k cosine similarities")
-    hardness: Literal["auto", "image", "regions"] = Field(
+    hardness: Literal["auto", "image", "regions", "evidence", "combined"] = Field(
         "auto",
         description="what makes a negative hard (the bands): image = whole-image similarity to the positives; "
         "regions = the best match between a crop of the candidate and a target object of the positives "
-        "(needs embed.regions > 0); auto = regions when embedded, else image",
+        "(needs embed.regions > 0); evidence = the detect step's distractor evidence (a weak target score "
+        "relative to the threshold, a confuser's score); combined = the mean percentile rank of the object "
+        "similarity and that evidence; auto = regions when embedded, else image",
     )
     diversity: Literal["kcenter", "random"] = Field("kcenter", description="picks inside a stratum: k-center greedy or seeded random")
     unknown_axis_share: float | None = Field(

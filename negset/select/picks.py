@@ -166,16 +166,31 @@ def model_false_positives(ev: Evidence, eligible: np.ndarray, bands: Bands, want
                  float("nan"), len(rows), len(rows)) for i, r in enumerate(rows, 1)]
 
 
+def hardness_text(ev: Evidence, row: int) -> str:
+    """What a pick's hardness is made of, in words."""
+    scene = float(ev.pos_similarity[row])
+    h = float(ev.hardness[row])
+    if ev.hardness_by == "regions":
+        return f"object similarity {h:.3f} (best crop vs the positives' target objects), scene similarity {scene:.3f}"
+    if ev.hardness_by == "image":
+        return f"similarity {scene:.3f} to the positives"
+    d = ev.pool.detections
+    told = f"target score {float(d.target_score[row]):.3f}" + (
+        f" of threshold {float(d.threshold[row]):.3f}" if np.isfinite(d.threshold[row]) else "")
+    if d.confuser_class[row]:
+        told += f", confuser '{d.confuser_class[row]}' {float(d.confuser_score[row]):.3f}"
+    if ev.hardness_by == "evidence":
+        return f"detection evidence {h:.3f} ({told}), scene similarity {scene:.3f}"
+    base = ev.hardness_by.split(":", 1)[1]
+    return (f"combined hardness {h:.3f} (mean rank of {base} similarity {float(ev.hardness_parts[base][row]):.3f} and "
+            f"detection evidence {float(ev.hardness_parts['evidence'][row]):.3f}: {told}), scene similarity {scene:.3f}")
+
+
 def pick_reason(p: Pick, ev: Evidence, bands: Bands, want: int) -> str:
     """The sentence ``selection.parquet`` gives for a pick: its hardness and band, its quota, how it was picked."""
     cfg = ev.cfg
     scene = float(ev.pos_similarity[p.row])
-    what = (
-        f"object similarity {float(ev.hardness[p.row]):.3f} (best crop vs the positives' target objects), "
-        f"scene similarity {scene:.3f}"
-        if ev.hardness_by == "regions"
-        else f"similarity {scene:.3f} to the positives"
-    )
+    what = hardness_text(ev, p.row)
     if p.rule == "model_false_positive":
         h = ev.pool.detections.user_hit[p.row]
         box = "[" + ", ".join(f"{v:.0f}" for v in h["box"]) + "]"

@@ -145,10 +145,12 @@ class DetectedTarget(Rule):
         if pct is not None and rest.any():
             # a weak target detection (under the threshold) on an image that also looks like the positives
             # (object hardness at or above this percentile of the unlabelled candidates): quarantined too
-            edge = float(np.percentile(ev.hardness[rest], pct))
-            weak = rest & (d.target_score > 0) & (ev.hardness >= edge)
+            like = ev.likeness if ev.likeness is not None else ev.hardness
+            edge = float(np.percentile(like[rest], pct))
+            weak = rest & (d.target_score > 0) & (like >= edge)
             for r in np.flatnonzero(weak):
-                detail[int(r)] = f"{ev.hardness_by} hardness {float(ev.hardness[r]):.3f} >= p{pct:g} of the unlabelled candidates ({edge:.3f})"
+                detail[int(r)] = (f"{ev.likeness_by} similarity {float(like[r]):.3f} >= p{pct:g} of the unlabelled "
+                                  f"candidates' ({edge:.3f})")
             mask |= weak
             facts["weak_edge"] = edge
         return Verdict(mask, d.target_score.copy(), detail, facts=facts)
