@@ -62,7 +62,7 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def make_project(root: Path, coco128: Path, labels: dict[str, set[str]], target: str, seed: int,
-                 detector: bool, cache: Path) -> dict:
+                 detector: bool, cache: Path, tiles_when: str | None = None) -> dict:
     """A project folder for one split: positives (images + YOLO labels) and the unlabelled pool; params.yaml."""
     positives, hidden = split_of(labels, target, seed)
     shutil.rmtree(root, ignore_errors=True)  # a fresh project (the caches live outside it)
@@ -85,6 +85,9 @@ def make_project(root: Path, coco128: Path, labels: dict[str, set[str]], target:
     params["select"].update(count=None, ratio=2)
     if not detector:
         params["detect"]["sources"] = []
+    elif tiles_when:
+        for src in params["detect"]["sources"]:
+            src["tiles_when"] = tiles_when
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "data" / "cache").mkdir(parents=True, exist_ok=True)
     for name in SHARED_CACHES:  # keyed by image sha256 + model: the same for every split
@@ -137,12 +140,17 @@ def measure(root: Path, labels: dict[str, set[str]], target: str, split: dict) -
     )
 
 
-def run_split(work: Path, coco128: Path, labels, target: str, seed: int, detector: bool, cache: Path) -> dict:
+def run_split(work: Path, coco128: Path, labels, target: str, seed: int, detector: bool, cache: Path,
+              tiles_when: str | None = None) -> dict:
     root = work / f"{target}-{seed}-{'det' if detector else 'nodet'}"
-    split = make_project(root, coco128, labels, target, seed, detector, cache)
+    split = make_project(root, coco128, labels, target, seed, detector, cache, tiles_when)
     summary = build(root)
     out = measure(root, labels, target, split)
     out["warnings"] = summary["select"].get("warnings", [])
+    speed = [s["speed"] for s in summary["detect"]["sources"].values() if "speed" in s]
+    out["detect_s"] = sum(x["seconds"] for x in speed)
+    out["detect_ran"] = sum(x["ran"] for x in speed)
+    out["detect_tiled"] = sum(x.get("tiled", 0) for x in speed)
     return out
 
 
@@ -153,6 +161,8 @@ def main(argv=None) -> None:
     ap.add_argument("--splits", type=int, default=10)
     ap.add_argument("--keep", type=Path, default=None, help="build the split projects here and keep them")
     ap.add_argument("--no-baseline", action="store_true", help="skip the runs with the detector off")
+    ap.add_argument("--tiles-when", choices=["always", "unsure"], default=None,
+                    help="override detect.sources[].tiles_when of the shipped params (tiles only where the whole image is unsure)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     if not (args.coco128 / "images").is_dir():
@@ -165,7 +175,7 @@ def main(argv=None) -> None:
     print(f"COCO128 raw pools ({len(labels)} photos): positives = a seeded half of the target's photos (YOLO labels); "
           f"candidates = every other photo, unlabelled; shipped params.yaml, select.ratio 2; {args.splits} splits")
     head = (f"{'detector':<22} {'target':>6} {'photos':>6} {'chosen':>6} {'with target':>11} {'worst':>5} "
-            f"{'recall':>6} {'worst':>5} {'by det':>6} {'others q.':>9} {'fill':>5} {'strata':>6} {'bands':>5} {'s/split':>7}")
+            f"{'recall':>6} {'worst':>5} {'by det':>6} {'others q.':>9} {'fill':>5} {'strata':>6} {'bands':>5} {'s/split':>7} {'detect s':>8} {'tiled':>5}")
     print(head)
     rows = []
     settings = [("shipped (YOLOX-Nano)", True)] + [("off (embeddings only)", False)] * (not args.no_baseline)
@@ -173,7 +183,7 @@ def main(argv=None) -> None:
         for target in args.targets.split(","):
             res, start = [], time.perf_counter()
             for seed in range(args.splits):
-                res.append(run_split(work, args.coco128, labels, target, seed, detector, cache))
+                res.append(run_split(work, args.coco128, labels, target, seed, detector, cache, args.tiles_when))
             per = (time.perf_counter() - start) / args.splits
             chosen = np.mean([r["chosen"] for r in res])
             bad = [r["contaminated"] for r in res]
@@ -184,8 +194,11 @@ def main(argv=None) -> None:
             strata = np.mean([r["strata"] for r in res])
             bands = np.mean([len(r["bands"]) for r in res])
             photos = res[0]["photos"]
+            det_s = sum(r["detect_s"] for r in res)  # the images a split had not seen in the cache (the first pays)
+            ran, n_tiled = sum(r["detect_ran"] for r in res), sum(r["detect_tiled"] for r in res)
+            tiled = f"{n_tiled / ran:5.0%}" if ran else f"{'-':>5}"
             row = (f"{label:<22} {target:>6} {photos:>6} {chosen:6.1f} {sum(bad):11d} {max(bad):5d} "
-                   f"{np.mean(rec):6.2f} {min(rec):5.2f} {det:6.2f} {oth:9.1%} {fill:5.0%} {strata:6.1f} {bands:5.1f} {per:7.1f}")
+                   f"{np.mean(rec):6.2f} {min(rec):5.2f} {det:6.2f} {oth:9.1%} {fill:5.0%} {strata:6.1f} {bands:5.1f} {per:7.1f} {det_s:8.1f} {tiled}")
             print(row, flush=True)
             rows.append(dict(detector=detector, target=target, results=res))
             warn = sorted({w for r in res for w in r["warnings"]})
@@ -194,7 +207,9 @@ def main(argv=None) -> None:
     print("photos: target photos in COCO128 (half positives, half hidden); with target: chosen negatives that contain "
           "the target, summed over the splits (worst split); recall: hidden target photos quarantined (mean, worst); "
           "by det: by detected_target; others q.: share of photos without the target quarantined; fill: share of the "
-          "negatives from the shortfall fill; strata, bands: distinct strata and bands of the quota picks (mean)")
+          "negatives from the shortfall fill; strata, bands: distinct strata and bands of the quota picks (mean); "
+          "detect s: seconds the detect step ran its model (uncached images only; 0 = all cached); tiled: share of "
+          "those images the tiles ran on")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -240,6 +240,10 @@ class DetectSource(_Section):
     )
     tiles: int = Field(0, ge=0, le=4, description="also run on a G x G grid of overlapping crops (small objects); 0 = whole image only")
     tile_overlap: float = Field(0.3, ge=0, lt=0.9, description="share of each tile shared with its neighbour")
+    tiles_when: Literal["always", "unsure"] = Field(
+        "always", description="always: tiles on every image; unsure: only where the whole image does not already show "
+        "the target at or above detect.calibration.ceiling (the target decision is the same; fewer model passes)",
+    )
     min_score: float = Field(0.05, ge=0, le=1, description="detections scoring under this are dropped (weak ones are evidence too)")
     iou: float = Field(0.45, gt=0, le=1, description="per-class non-maximum suppression IoU")
     max_detections: int = Field(100, ge=1, le=10000, description="at most this many detections per image (highest scores)")

@@ -15,23 +15,25 @@
 - ``confuser_score``, ``confuser_class``, ``confuser_source``,
   ``confuser_box``: the strongest detection of a ``detect.confusers`` class.
 
-How a select rule ``detected_target`` is to use it (phase 2):
+How select uses it (``negset/select/rules.py`` ``DetectedTarget``, ``picks.py``, ``evidence.py``):
 
 1. quarantine: an unlabelled candidate with ``detected_target`` is a
    suspected positive: rule ``detected_target``, score = ``target_score``,
    reason naming ``target_source``, ``target_class`` and ``target_box``
    (listed in quarantine.csv, never chosen). A labelled candidate is a known
-   negative and is not quarantined by a detector.
+   negative and is not quarantined by a detector. A weak detection (under
+   the threshold) on an unlabelled candidate that also looks like the
+   positives (``select.weak_detection_percentile``) is quarantined too.
 2. hard negatives by evidence: a candidate with ``0 < target_score <
    target_threshold`` (the detector fires weakly on the target) or with a
    ``confuser_score`` at or above the confuser's source threshold is a
    distractor; its hardness evidence is ``max(target_score / target_threshold,
    confuser_score)`` (a hardness signal beside object similarity, chosen in
    ``select.hardness``).
-3. model false positives: a LABELLED candidate (a known negative) with
-   ``detected_target`` from a predictions source (the user's model fires on
-   the target where there is none) is a false positive of that model: the
-   most valuable hard negative, offered first, reason ``model false positive``.
+3. model false positives: a LABELLED candidate (a known negative) on which
+   the user's own model (``kind`` model or predictions: ``user_model_hits``)
+   fires on the target at its threshold is a false positive of that model:
+   the most valuable hard negative, offered first, reason ``model false positive``.
 
 ``calibration(layout)`` is ``data/detect/calibration.json``: ``target_classes``,
 ``confusers`` and per source ``threshold`` (null when the source has no target

@@ -6,17 +6,20 @@ The selection is a pipeline of named units (:func:`choose`):
    positives, its nearest positive and its hardness (whole image, or the best
    crop against the positives' target objects);
 2. rules (``rules.py``, in precedence order): ``target_label``,
-   ``exact_duplicate``, ``near_duplicate``, ``quality:<check>``,
-   ``quarantine``, ``context:background``, ``context:irrelevant``,
-   ``pool_duplicate``. A ledger (``ledger.py``) records the first rule each
+   ``exact_duplicate``, ``near_duplicate``, ``detected_target`` (the detect
+   step's evidence), ``quality:<check>``, ``quarantine``,
+   ``context:background``, ``context:irrelevant``, ``pool_duplicate``. A ledger (``ledger.py``) records the first rule each
    image broke, its score and detail; ``rejected.parquet`` lists them with
    each rule's sentence;
 3. bands (``bands.py``): hard / medium / context by hardness;
 4. quotas (``quotas.py``, DuckDB over the strata): ``match`` or ``uniform``,
    a minimum per stratum, shortfalls redistributed, split over the bands by
    ``bands.mix``;
-5. picks (``picks.py``): k-center greedy (or seeded random) inside each
-   stratum and band; deterministic for a seed; then the shortfall fill.
+5. picks (``picks.py``): model false positives first (labelled candidates
+   the user's own model fires on), then k-center greedy (or seeded random)
+   inside each stratum and band; deterministic for a seed; then the
+   shortfall fill (band mix and k-center too). A stratum axis ``unknown``
+   for most candidates is left out of the strata first (``quotas.usable_axes``).
 
 Every image chosen carries its reason; ``outputs.py`` writes ``data/select/``.
 The core works on arrays (vectors may be a float16 memmap), so a pool of a
