@@ -266,6 +266,10 @@ class DetectSource(_Section):
     )
     tiles: int = Field(0, ge=0, le=4, description="also run on a G x G grid of overlapping crops (small objects); 0 = whole image only")
     tile_overlap: float = Field(0.3, ge=0, lt=0.9, description="share of each tile shared with its neighbour")
+    tiles_when: Literal["always", "unsure"] = Field(
+        "always", description="always: tiles on every image; unsure: only where the whole image does not already show "
+        "the target at or above detect.calibration.ceiling (the target decision is the same; fewer model passes)",
+    )
     min_score: float = Field(0.05, ge=0, le=1, description="detections scoring under this are dropped (weak ones are evidence too)")
     iou: float = Field(0.45, gt=0, le=1, description="per-class non-maximum suppression IoU")
     max_detections: int = Field(100, ge=1, le=10000, description="at most this many detections per image (highest scores)")
@@ -289,10 +293,10 @@ class Calibration(_Section):
     """The target threshold, calibrated on the known positives (per source)."""
 
     recall: float = Field(
-        0.95, gt=0, le=1, description="the threshold still finds the target in this share of the positives (their max target score)"
+        1.0, gt=0, le=1, description="the threshold still finds the target in this share of the positives (their max target score)"
     )
     floor: float = Field(0.05, ge=0, le=1, description="the threshold is never under this")
-    ceiling: float = Field(0.5, ge=0, le=1, description="... nor over this (also the threshold of a source no positive can calibrate)")
+    ceiling: float = Field(0.1, ge=0, le=1, description="... nor over this (also the threshold of a source no positive can calibrate)")
     threshold: float | None = Field(None, ge=0, le=1, description="a fixed threshold instead of the calibration")
 
     @model_validator(mode="after")
@@ -509,13 +513,25 @@ class Select(_Section):
     )
     min_per_stratum: int = Field(0, ge=0, description="each stratum with positives gets at least this many (if it has them)")
     top_k: int = Field(5, ge=1, description="similarity to the positives = mean of the top-k cosine similarities")
-    hardness: Literal["auto", "image", "regions"] = Field(
+    hardness: Literal["auto", "image", "regions", "evidence", "combined"] = Field(
         "auto",
         description="what makes a negative hard (the bands): image = whole-image similarity to the positives; "
         "regions = the best match between a crop of the candidate and a target object of the positives "
-        "(needs embed.regions > 0); auto = regions when embedded, else image",
+        "(needs embed.regions > 0); evidence = the detect step's distractor evidence (a weak target score "
+        "relative to the threshold, a confuser's score); combined = the mean percentile rank of the object "
+        "similarity and that evidence; auto = regions when embedded, else image",
     )
     diversity: Literal["kcenter", "random"] = Field("kcenter", description="picks inside a stratum: k-center greedy or seeded random")
+    unknown_axis_share: float | None = Field(
+        0.5, ge=0, le=1,
+        description="a stratum axis 'unknown' for more than this share of the candidates (and not for most positives) "
+        "is left out of the quotas, with a warning; null = never",
+    )
+    weak_detection_percentile: float | None = Field(
+        50.0, ge=0, le=100,
+        description="an unlabelled candidate with a target detection under the calibrated threshold is quarantined "
+        "too when its hardness reaches this percentile of the unlabelled candidates'; null = only detections at the threshold",
+    )
     leaks: Leaks = Leaks()
     quarantine: Quarantine = Quarantine()
     bands: Bands = Bands()

@@ -114,6 +114,15 @@ class OnnxDetector:
         if yolox and src.grid_decode:
             self.grid = self._grid(probe.shape[1])
         self.windows_per_image = len(tile_windows(100, 100, src.tiles, src.tile_overlap))
+        self.conclusive: tuple[tuple[int, ...], float] | None = None  # (target class ids, score): tiles_when unsure
+        self.tiled = 0  # images the tiles ran on (this session)
+
+    def tile_only_when_unsure(self, target_names: set[str], score: float, normalise) -> None:
+        """``tiles_when: unsure``: skip the tiles of an image whose whole-image pass shows one of these classes at
+        or above ``score`` (no threshold can be higher, so the target decision cannot change)."""
+        if self.src.tiles_when == "unsure" and self.src.tiles > 0:
+            ids = tuple(i for i, n in enumerate(self.names) if normalise(n) in target_names)
+            self.conclusive = (ids, float(score)) if ids else None
 
     def _names(self, meta: dict, root: Path) -> list[str] | None:
         if self.src.classes:
@@ -142,7 +151,8 @@ class OnnxDetector:
         return dict(model=s.model, model_sha256=self.file_sha256, layout=self.layout, size=self.size, where=self.where,
                     bgr=self.bgr, scale=self.scale, mean=s.mean, std=s.std, pad=s.pad_value, grid_decode=s.grid_decode,
                     tiles=s.tiles, tile_overlap=s.tile_overlap, min_score=s.min_score, iou=s.iou,
-                    max_detections=s.max_detections, names=self.names, version=1)
+                    max_detections=s.max_detections, names=self.names, version=1,
+                    **({"tiles_unless": [list(self.conclusive[0]), self.conclusive[1]]} if self.conclusive else {}))
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:24]
@@ -206,12 +216,16 @@ class OnnxDetector:
         """
         w, h = image.size
         found = []
-        for t, window in enumerate(tile_windows(w, h, self.src.tiles, self.src.tile_overlap)):
+        windows = tile_windows(w, h, self.src.tiles, self.src.tile_overlap)
+        for t, window in enumerate(windows):
             b, s, c = self._window(image, window)
             if t:
                 keep = ~cut_by_tile(b, window, w, h)
                 b, s, c = b[keep], s[keep], c[keep]
             found.append((b, s, c, np.full(len(s), t, np.int16)))
+            if t == 0 and self.conclusive and np.any(np.isin(c, self.conclusive[0]) & (s >= self.conclusive[1])):
+                break  # the whole image already shows the target beyond any threshold: its tiles cannot change that
+        self.tiled += len(found) > 1
         b = np.concatenate([f[0] for f in found]) if found else np.zeros((0, 4))
         s, c, t = (np.concatenate([f[i] for f in found]) for i in (1, 2, 3))
         keep = nms_per_class(b, s, c, self.src.iou, self.src.max_detections)

@@ -70,7 +70,7 @@ def _run_detector(det, layout: Layout, images: list[dict], every: int) -> tuple[
     log.info("detect %s: %d images, %d cached, %d to run (%s layout, %d px, %d window(s) per image)",
              det.src.label, len(images), len(images) - len(todo), len(todo), det.layout, det.size, det.windows_per_image)
     rejected, pending = [], {}
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
     side = det.decode_side()
     for im in track(todo, len(todo), f"detect {det.src.label}"):
         try:
@@ -86,10 +86,13 @@ def _run_detector(det, layout: Layout, images: list[dict], every: int) -> tuple[
             cache.add(pending)
             pending = {}
     cache.add(pending)
-    elapsed = time.monotonic() - start
+    elapsed, cpu = time.monotonic() - start, time.process_time() - cpu
     ran = len(todo) - len(rejected)
+    # cpu_seconds: every thread of this process (decode, ONNX Runtime): steadier than the wall clock on a busy machine
     timing = dict(images=len(images), cached=len(images) - len(todo), ran=ran, seconds=round(elapsed, 2),
-                  images_per_s=round(ran / elapsed, 2) if ran and elapsed > 0 else None)
+                  cpu_seconds=round(cpu, 2),
+                  images_per_s=round(ran / elapsed, 2) if ran and elapsed > 0 else None,
+                  tiled=det.tiled if det.src.tiles else 0)
     rows = []
     for im in images:
         hit = fields(cache, im["sha256"], _CACHE_KEYS)
@@ -121,8 +124,9 @@ def _calibrate(src: DetectSource, rows: list[dict], images: list[dict], targets:
     record = threshold_from_positives([strongest[s][0] if s in strongest else 0.0 for s in positives], params.detect.calibration)
     if not knows:
         record.update(threshold=None, method="the source has no target class")
+    kind = "predictions" if src.predictions else ("builtin" if src.model.startswith("builtin:") else "model")
     record.update(knows_target=knows, positives_total=sum(im["role"] == "positive" for im in images),
-                  target_classes=sorted(classes & targets))
+                  target_classes=sorted(classes & targets), kind=kind)
     return record, strongest
 
 
@@ -152,6 +156,9 @@ def run(params: Params, layout: Layout) -> dict:
     predicted = {s.label: read_predictions(s, layout.root, _default_coco(params, layout), images)
                  for s in cfg.sources if s.predictions}
     detectors = {s.label: OnnxDetector(s, layout.root) for s in cfg.sources if s.model}
+    for det in detectors.values():  # tiles_when: unsure (before the cache key is taken)
+        det.tile_only_when_unsure(targets, cfg.calibration.threshold if cfg.calibration.threshold is not None
+                                  else cfg.calibration.ceiling, normalise)
     found: dict[str, list[dict]] = {}
     rejected: list[dict] = []
     timing: dict[str, dict] = {}

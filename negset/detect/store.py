@@ -15,30 +15,38 @@
 - ``confuser_score``, ``confuser_class``, ``confuser_source``,
   ``confuser_box``: the strongest detection of a ``detect.confusers`` class.
 
-How a select rule ``detected_target`` is to use it (phase 2):
+How select uses it (``negset/select/rules.py`` ``DetectedTarget``, ``picks.py``, ``evidence.py``):
 
 1. quarantine: an unlabelled candidate with ``detected_target`` is a
    suspected positive: rule ``detected_target``, score = ``target_score``,
    reason naming ``target_source``, ``target_class`` and ``target_box``
    (listed in quarantine.csv, never chosen). A labelled candidate is a known
-   negative and is not quarantined by a detector.
+   negative and is not quarantined by a detector. A weak detection (under
+   the threshold) on an unlabelled candidate that also looks like the
+   positives (``select.weak_detection_percentile``) is quarantined too.
 2. hard negatives by evidence: a candidate with ``0 < target_score <
    target_threshold`` (the detector fires weakly on the target) or with a
    ``confuser_score`` at or above the confuser's source threshold is a
    distractor; its hardness evidence is ``max(target_score / target_threshold,
    confuser_score)`` (a hardness signal beside object similarity, chosen in
    ``select.hardness``).
-3. model false positives: a LABELLED candidate (a known negative) with
-   ``detected_target`` from a predictions source (the user's model fires on
-   the target where there is none) is a false positive of that model: the
-   most valuable hard negative, offered first, reason ``model false positive``.
+3. model false positives: a LABELLED candidate (a known negative) on which
+   the user's own model (``kind`` model or predictions: ``user_model_hits``)
+   fires on the target at its threshold is a false positive of that model:
+   the most valuable hard negative, offered first, reason ``model false positive``.
 
 ``calibration(layout)`` is ``data/detect/calibration.json``: ``target_classes``,
 ``confusers`` and per source ``threshold`` (null when the source has no target
 class), ``method`` (calibrated / floor / ceiling / fixed / uncalibrated),
 ``raw_threshold``, ``positives``, ``positives_found``, ``recall_at_threshold``,
-``recall_wanted``, ``floor``, ``ceiling``, ``knows_target`` and, for detectors,
-``speed``.
+``recall_wanted``, ``floor``, ``ceiling``, ``knows_target``, ``kind``
+(``builtin``: a model shipped with negset; ``model``: the user's ONNX file;
+``predictions``: the user's predictions) and, for detectors, ``speed``.
+
+``user_model_hits(layout)`` are the target detections at or above the
+threshold from the user's own model (``kind`` model or predictions): on a
+labelled image without the target, these are the model's false positives.
+``boxes_of(layout, shas)`` are the detections to draw (the report).
 """
 
 from __future__ import annotations
@@ -121,3 +129,47 @@ def object_boxes(layout: Layout, min_score: float) -> dict[str, tuple[list[tuple
         failed = set(pq.read_table(layout.detect / "rejected.parquet", columns=["sha256"]).column("sha256").to_pylist())
         looked_at |= set(evidence(layout).column("sha256").to_pylist()) - failed
     return {s: out.get(s, ([], [], 0.0)) for s in looked_at if s in sizes}
+
+
+USER_KINDS = ("model", "predictions")
+
+
+def user_model_hits(layout: Layout) -> dict[str, dict]:
+    """sha256 -> the strongest target detection at or above its source's threshold, over the user's own sources.
+
+    Each value: ``source``, ``class``, ``score``, ``threshold``, ``box`` (pixels). A source's kind comes
+    from ``calibration.json`` (a shipped detector is not the user's model); {} when detect has not run.
+    """
+    from negset.detect.names import normalise
+
+    if not has_run(layout):
+        return {}
+    cal = calibration(layout)
+    thresholds = {n: c["threshold"] for n, c in cal["sources"].items()
+                  if c.get("kind") in USER_KINDS and c.get("threshold") is not None}
+    if not thresholds:
+        return {}
+    targets = set(cal["target_classes"])
+    t = read_detections(layout, ["sha256", "source", "class", "score", "x0", "y0", "x1", "y1"]).to_pylist()
+    out: dict[str, dict] = {}
+    for r in t:
+        thr = thresholds.get(r["source"])
+        if thr is None or r["score"] < thr or normalise(r["class"]) not in targets:
+            continue
+        if r["sha256"] not in out or r["score"] - thr > out[r["sha256"]]["score"] - out[r["sha256"]]["threshold"]:
+            out[r["sha256"]] = dict(source=r["source"], **{"class": r["class"]}, score=float(r["score"]), threshold=float(thr),
+                                    box=[float(r[k]) for k in ("x0", "y0", "x1", "y1")])
+    return out
+
+
+def boxes_of(layout: Layout, shas: set[str], min_score: float = 0.0, per_image: int = 8) -> dict[str, list[dict]]:
+    """sha256 -> up to ``per_image`` detections (source, class, score, box in pixels), strongest first, for ``shas``."""
+    if not has_run(layout) or not shas:
+        return {}
+    t = read_detections(layout, ["sha256", "source", "class", "score", "x0", "y0", "x1", "y1"]).to_pylist()
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in t:
+        if r["sha256"] in shas and r["score"] >= min_score:
+            out[r["sha256"]].append(dict(source=r["source"], **{"class": r["class"]}, score=float(r["score"]),
+                                         box=[float(r[k]) for k in ("x0", "y0", "x1", "y1")]))
+    return {s: sorted(v, key=lambda d: -d["score"])[:per_image] for s, v in out.items()}

@@ -11,6 +11,8 @@ thumbnails per stratum,
 the hardest negatives beside their nearest positive, the rejected images
 by rule, the quarantine (``data/select/quarantine.csv`` when present) and
 the run record (parameters, model, weights hash, seed, source versions).
+The thumbnails of the hardest negatives and of the quarantine carry the
+detect step's boxes (``negset/detect/store.py``), the target's in red.
 
 It also writes ``data/negatives/plots/strata.csv`` and ``hardness.csv``,
 which ``dvc.yaml`` declares as plots (``dvc plots show``).
@@ -83,6 +85,12 @@ figure img { display: block; max-width: 160px; max-height: 160px; border-radius:
 figure.pos img { border-color: #3b6fb6; }
 figure.neg img { border-color: #e07b24; }
 figure.rej img { border-color: #b3261e; }
+.boxed { position: relative; display: inline-block; }
+.boxed svg { position: absolute; top: 3px; left: 3px; width: calc(100% - 6px); height: calc(100% - 6px); pointer-events: none; }
+.boxed rect { fill: none; stroke: #ffd400; stroke-width: 2px; vector-effect: non-scaling-stroke; }
+.boxed rect.target { stroke: #ff1f1f; stroke-width: 3px; }
+.warning { background: #fff4d6; border-left: 4px solid #e0a400; padding: 6px 10px; }
+.boxes-legend { font-size: 12px; color: #445; }
 figcaption { font-size: 11px; color: #4a5868; max-width: 160px; overflow-wrap: anywhere; }
 .pairs { display: grid; grid-template-columns: repeat(auto-fill, minmax(345px, 1fr)); gap: 10px; }
 .pair { background: #fff; border: 1px solid #dde2e8; border-radius: 8px; padding: 8px; display: flex; flex-wrap: wrap; gap: 6px; align-items: flex-start; }
@@ -263,7 +271,30 @@ def gather(layout: Layout) -> dict:
         nearest={r["sha256"]: (r["nearest_positive"], r["nearest_similarity"]) for r in chosen if r["nearest_positive"]},
         rejected=_read_optional(layout.ingest / "rejected.parquet") + _read_optional(layout.select / "rejected.parquet"),
         quarantine=read_quarantine(layout.select / "quarantine.csv"),
+        select_warnings=(json.loads((layout.select / "summary.json").read_text()).get("warnings", [])
+                         if (layout.select / "summary.json").exists() else []),
+        boxes=detections_to_draw(layout, {r["sha256"] for r in manifest}
+                                 | {r["sha256"] for r in read_quarantine(layout.select / "quarantine.csv") or [] if r.get("sha256")}),
     )
+
+
+BOX_MIN_SCORE = 0.3  # detections drawn on thumbnails: these, and each image's target evidence at any score
+BOXES_PER_IMAGE = 8
+
+
+def detections_to_draw(layout: Layout, shas: set[str]) -> dict[str, list[dict]]:
+    """sha256 -> the detect step's boxes to draw (``negset/detect/store.py``): the strongest detections and the
+    target evidence (marked ``target``); {} when detect has not run."""
+    from negset.detect import store
+
+    if not store.has_run(layout):
+        return {}
+    out = store.boxes_of(layout, shas, BOX_MIN_SCORE, BOXES_PER_IMAGE)
+    for r in store.evidence(layout).to_pylist():
+        if r["sha256"] in shas and r["target_box"] is not None and r["target_score"]:
+            out.setdefault(r["sha256"], []).append(dict(source=r["target_source"], **{"class": r["target_class"]},
+                                                        score=float(r["target_score"]), box=list(r["target_box"]), target=True))
+    return out
 
 
 def stratum_of(tag: dict, axes: list[str]) -> str:
@@ -300,14 +331,31 @@ class _Thumbs:
         self.stored.add(self.new)
         self.new = {}
 
-    def figure(self, sha: str | None, caption: str, cls: str, title: str = "", path: Path | None = None) -> str:
+    def figure(self, sha: str | None, caption: str, cls: str, title: str = "", path: Path | None = None,
+               boxes: list[dict] | None = None, size: tuple[int, int] | None = None) -> str:
         src = self.uri(sha) if sha else (thumbnail_uri(path) if path is not None else None)
         img = (
             f'<img src="{src}" alt="{esc(caption)}" title="{esc(title or caption)}" loading="eager">'
             if src
             else '<div class="empty">(no preview)</div>'
         )
+        if src and boxes and size:
+            img = f'<div class="boxed">{img}{boxes_svg(boxes, size)}</div>'
         return f'<figure class="{cls}">{img}<figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def boxes_svg(boxes: list[dict], size: tuple[int, int]) -> str:
+    """The detections as rectangles over a thumbnail (an SVG in the image's pixel coordinates, stretched on it);
+    the target's in red. Each rectangle's title names the source, class and score."""
+    w, h = size
+    rects = []
+    for b in boxes:
+        x0, y0, x1, y1 = b["box"]
+        cls = ' class="target"' if b.get("target") else ""
+        rects.append(f'<rect{cls} x="{x0:.1f}" y="{y0:.1f}" width="{max(x1 - x0, 1):.1f}" height="{max(y1 - y0, 1):.1f}">'
+                     f'<title>{esc(b["source"])}: {esc(b["class"])} {b["score"]:.2f}</title></rect>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" preserveAspectRatio="none" '
+            f'aria-hidden="true">{"".join(rects)}</svg>')
 
 
 def _name(uri: str) -> str:
@@ -330,11 +378,12 @@ def section_overview(d: dict) -> str:
     cards[:0] = review_cards(m)
     target = ", ".join((run.get("params", {}).get("ingest", {}) or {}).get("target", []) or [])
     html_cards = "".join(f'<div class="card"><b>{esc(v)}</b><span>{esc(k)}</span></div>' for v, k in cards)
+    warnings = "".join(f'<p class="warning">select: {esc(w)}</p>' for w in d.get("select_warnings", []))
     return (
         f"<h1>negset report{': ' + esc(target) if target else ''}</h1>"
         f'<p class="lead">Negatives for the target <b>{esc(target or "?")}</b>: images from the same sources as the '
         "positives, without the target, stratified by lighting, background and occlusion like the positives.</p>"
-        f'<div class="cards">{html_cards}</div>'
+        f'{warnings}<div class="cards">{html_cards}</div>'
         '<nav><a href="#strata">strata</a><a href="#hardness">hardness</a><a href="#thumbs">thumbnails</a>'
         '<a href="#hardest">hardest</a><a href="#rejected">rejected</a><a href="#quarantine">quarantine</a>'
         '<a href="#run">run</a><a href="#manifest">manifest</a></nav>'
@@ -417,6 +466,11 @@ def hardness_meaning(d: dict) -> str:
     """What the hardness the bands used is, in words (select's ``hardness_by``)."""
     if d["hardness_by"] == "regions":
         return "object similarity: the best cosine similarity between the image or one of its crops and a target object of the positives"
+    if d["hardness_by"] == "evidence":
+        return "detection evidence: a weak target score relative to its calibrated threshold, or a confuser's score (detect step)"
+    if d["hardness_by"].startswith("combined:"):
+        return (f"combined: the mean percentile rank of the {d['hardness_by'].split(':', 1)[1]} similarity and the detection "
+                "evidence (a weak target score relative to its threshold, or a confuser's score)")
     return f"scene similarity: the mean of the top-{d['top_k']} cosine similarities to the positives"
 
 
@@ -487,14 +541,16 @@ def section_hardest(d: dict, th: _Thumbs) -> str:
         return '<h2 id="hardest">Hardest negatives</h2><p class="empty">No negatives.</p>'
     parts = [
         '<h2 id="hardest">Hardest negatives, each beside its nearest positive</h2>',
-        '<p class="note">Sorted by cosine similarity to the nearest positive. Check that none of them contains the target.</p>',
+        '<p class="note">Sorted by cosine similarity to the nearest positive. Check that none of them contains the target. '
+        + BOX_LEGEND + '</p>',
         '<div class="pairs">',
     ]
     for r in rows:
         p = d["by_sha"].get(r["nearest_sha"], {})
         parts.append(
             '<div class="pair">'
-            + th.figure(r["sha256"], f"negative: {_name(r['uri'])}", "neg", r["uri"])
+            + th.figure(r["sha256"], f"negative: {_name(r['uri'])}", "neg", r["uri"], boxes=d["boxes"].get(r["sha256"]),
+                        size=_size(d, r["sha256"]))
             + th.figure(r["nearest_sha"], f"positive: {_name(p.get('uri', r['nearest_sha']))}", "pos", p.get("uri", ""))
             + f'<div class="sim">cosine to the nearest positive <b>{r["nearest_similarity"]:.3f}</b>, '
             f'hardness {d["hardness"][r["sha256"]]:.3f} ({esc(d["hardness_by"])}), scene similarity {r["pos_similarity"]:.3f}'
@@ -502,6 +558,15 @@ def section_hardest(d: dict, th: _Thumbs) -> str:
         )
     parts.append("</div>")
     return "".join(parts)
+
+
+BOX_LEGEND = (f'<span class="boxes-legend">Boxes: the detect step\'s detections scoring {BOX_MIN_SCORE} or more (yellow) and '
+              'the strongest detection of the target at any score (red); hover a box for its source, class and score.</span>')
+
+
+def _size(d: dict, sha: str) -> tuple[int, int] | None:
+    im = d["by_sha"].get(sha)
+    return (int(im["width"]), int(im["height"])) if im and im.get("width") and im.get("height") else None
 
 
 def section_rejected(d: dict, th: _Thumbs) -> str:
@@ -541,7 +606,8 @@ def section_quarantine(d: dict, th: _Thumbs, layout: Layout) -> str:
     if not q:
         return head + '<p class="empty">The quarantine is empty.</p>'
     cols = list(q[0].keys())
-    parts = [head, f'<p class="note">{len(q)} suspected unlabelled positives held back from the set; showing up to {MAX_QUARANTINE}.</p><table><tr><th>image</th>']
+    parts = [head, f'<p class="note">{len(q)} suspected unlabelled positives held back from the set; showing up to {MAX_QUARANTINE}. '
+             f'{BOX_LEGEND}</p><table><tr><th>image</th>']
     parts += [f"<th>{esc(c)}</th>" for c in cols]
     parts.append("</tr>")
     for r in q[:MAX_QUARANTINE]:
@@ -552,7 +618,8 @@ def section_quarantine(d: dict, th: _Thumbs, layout: Layout) -> str:
             uri = r.get("uri") or r.get("path")
             if uri:
                 path = layout.resolve_uri(uri)
-        fig = th.figure(sha, "", "rej", r.get("uri", ""), path=path)
+        fig = th.figure(sha, "", "rej", r.get("uri", ""), path=path, boxes=d["boxes"].get(sha) if sha else None,
+                        size=_size(d, sha) if sha else None)
         cells = "".join(
             f'<td title="{esc(r.get(c))}">{esc(str(r.get(c))[:12])}</td>' if c == "sha256" else f"<td>{esc(r.get(c))}</td>"
             for c in cols

@@ -24,6 +24,9 @@ class Choice:
     strata: list[dict]  # per stratum: positives, available (per band), quota, chosen
     want: int
     timings: dict[str, float] = field(default_factory=dict)
+    axes: list[str] = field(default_factory=list)  # the stratum axes the quotas used
+    dropped_axes: list[dict] = field(default_factory=list)  # axes left out (mostly unknown in the candidates)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> np.ndarray:

@@ -8,7 +8,10 @@ Computed once per selection, before any rule runs:
   float32 wherever a near-duplicate decision depends on it;
 - *hardness*, what the bands rank by: the scene similarity, or (regions
   embedded, ``select.hardness`` auto/regions) the best match between the image
-  or one of its crops and a target object cropped from a positive;
+  or one of its crops and a target object cropped from a positive; or
+  (``evidence``) the detect step's distractor evidence, a weak target score
+  relative to its threshold or a confuser's score; or (``combined``) the mean
+  of the percentile ranks of the object similarity and that evidence;
 - a seeded key per image (first picks, ties, preference inside duplicate groups).
 
 ``data/select/scores.parquet`` records these per image, so the report shows
@@ -17,7 +20,7 @@ what the selection used instead of computing it again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,9 +42,12 @@ class Evidence:
     nearest_similarity: np.ndarray  # float32 per row, NaN for positives
     nearest_positive: np.ndarray  # pool row of the nearest positive, -1 = none
     hardness: np.ndarray  # what the bands use: pos_similarity, or the region-to-object similarity
-    hardness_by: str  # image | regions
+    hardness_by: str  # image | regions | evidence | combined:image | combined:regions
     keys: np.ndarray  # seeded uint64 key per row
     reviewed: Reviewed | None = None  # a person's decisions (reviews.csv), set by choose
+    hardness_parts: dict = field(default_factory=dict)  # evidence / combined: the signals (per row) behind hardness
+    likeness: np.ndarray | None = None  # the similarity part of hardness (regions or image), never the detections
+    likeness_by: str = "image"
 
     def name_of(self, row: int) -> str:
         """The uri of a pool row, '?' for none (-1)."""
@@ -103,8 +109,36 @@ def scene_similarity(pool: Pool, cand_rows: np.ndarray, pos_rows: np.ndarray, P:
     return topk, best, nearest
 
 
-def object_hardness(pool: Pool, cand_rows: np.ndarray, topk: np.ndarray, cfg: Select) -> tuple[np.ndarray, str]:
-    """(hardness per pool row, 'image' or 'regions'): what ``select.hardness`` asks for and the pool allows."""
+def percentile_ranks(x: np.ndarray) -> np.ndarray:
+    """Each value's rank in [0, 1] (ties share their mean rank; one value: 0.5)."""
+    if len(x) <= 1:
+        return np.full(len(x), 0.5)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts + 1) / 2.0  # 0-based mean rank of each distinct value
+    return mean_rank[inverse] / (len(x) - 1)
+
+
+def evidence_hardness(pool: Pool, cand_rows: np.ndarray, base: np.ndarray, base_by: str, how: str):
+    """(hardness, by, parts) for ``select.hardness`` evidence or combined, from the detect step's evidence."""
+    if pool.detections is None:
+        raise NegsetError(
+            f"select.hardness: {how} needs the detect step's evidence (data/detect/evidence.parquet with a source)",
+            hint="give detect a source (detect.sources: [{model: builtin:yolox_nano}]), or hardness: auto",
+        )
+    e = pool.detections.evidence_hardness()
+    hard = base.copy()
+    if how == "evidence":
+        hard[cand_rows] = e[cand_rows]
+        return hard, "evidence", {"evidence": e}
+    hard[cand_rows] = 0.5 * (percentile_ranks(base[cand_rows]) + percentile_ranks(e[cand_rows]))
+    return hard, f"combined:{base_by}", {base_by: base, "evidence": e}
+
+
+def object_hardness(pool: Pool, cand_rows: np.ndarray, topk: np.ndarray, cfg: Select) -> tuple[np.ndarray, str, dict]:
+    """(hardness per pool row, by, parts): what ``select.hardness`` asks for and the pool allows.
+
+    by = image | regions | evidence | combined:<image or regions>; parts = the signals a combined hardness joins.
+    """
     hard = topk.copy()
     by = "image"
     if cfg.hardness != "image" and pool.object_vectors is not None and len(cand_rows):
@@ -118,7 +152,9 @@ def object_hardness(pool: Pool, cand_rows: np.ndarray, topk: np.ndarray, cfg: Se
             "select.hardness: regions needs region embeddings of the pool and target objects (boxes) on the positives",
             hint="set embed.regions: 3 (and label the positives with boxes), or hardness: auto",
         )
-    return hard, by
+    if cfg.hardness in ("evidence", "combined"):
+        return evidence_hardness(pool, cand_rows, hard, by, cfg.hardness)
+    return hard, by, {}
 
 
 def gather_evidence(pool: Pool, cfg: Select) -> Evidence:
@@ -127,9 +163,14 @@ def gather_evidence(pool: Pool, cfg: Select) -> Evidence:
     cand_rows = np.flatnonzero(cand)
     P = np.asarray(pool.vectors[pos_rows], dtype=np.float32) if len(pos_rows) else np.zeros((0, 1), np.float32)
     topk, best, nearest = scene_similarity(pool, cand_rows, pos_rows, P, cfg)
-    hard, by = object_hardness(pool, cand_rows, topk, cfg)
+    hard, by, parts = object_hardness(pool, cand_rows, topk, cfg)
+    likeness_by = by.removeprefix("combined:") if by != "evidence" else None
+    likeness = parts.get(likeness_by, hard) if likeness_by else None
+    if likeness is None:  # evidence hardness: the similarity it replaced (regions when embedded)
+        likeness, likeness_by, _ = object_hardness(pool, cand_rows, topk, cfg.model_copy(update={"hardness": "auto"}))
     return Evidence(
         pool=pool, cfg=cfg, positives=pos_rows, candidates=cand, P=P,
         pos_similarity=topk, nearest_similarity=best, nearest_positive=nearest,
-        hardness=hard, hardness_by=by, keys=seeded_keys(pool.sha256, cfg.seed),
+        hardness=hard, hardness_by=by, keys=seeded_keys(pool.sha256, cfg.seed), hardness_parts=parts,
+        likeness=likeness, likeness_by=likeness_by,
     )

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pyarrow as pa
 
@@ -88,15 +90,22 @@ def rejected_table(choice: Choice, pool: Pool, cfg: Select) -> pa.Table:
     )
 
 
+QUARANTINE_RULES = ("detected_target", "quarantine")  # suspected positives, for a person to review
+
+
 def quarantine_rows(choice: Choice) -> list[int]:
-    """The quarantined pool rows, most similar to the positives first."""
-    rows = [int(r) for r in choice.ledger.left_out(choice.evidence.pool.uri) if choice.ledger.rule_of(r) == "quarantine"]
-    rows.sort(key=lambda r: -float(choice.evidence.pos_similarity[r]))
+    """The quarantined pool rows: detected by a detector first (highest score first), then by the
+    embeddings (most similar to the positives first)."""
+    led, ev = choice.ledger, choice.evidence
+    rows = [int(r) for r in led.left_out(ev.pool.uri) if led.rule_of(r) in QUARANTINE_RULES]
+    rows.sort(key=lambda r: (QUARANTINE_RULES.index(led.rule_of(r)),
+                             -float(led.score[r]) if led.rule_of(r) == "detected_target" else -float(ev.pos_similarity[r])))
     return rows
 
 
 def quarantine_table(choice: Choice, pool: Pool) -> pa.Table:
-    ev, rows = choice.evidence, quarantine_rows(choice)
+    ev, led, rows = choice.evidence, choice.ledger, quarantine_rows(choice)
+    rules = [led.rule_of(r) for r in rows]
     return pa.table(
         {
             "uri": pa.array([pool.uri[r] for r in rows], pa.string()),
@@ -104,6 +113,10 @@ def quarantine_table(choice: Choice, pool: Pool) -> pa.Table:
             "similarity": pa.array([float(ev.pos_similarity[r]) for r in rows], pa.float64()),
             "nearest_positive": pa.array([pool.uri[ev.nearest_positive[r]] for r in rows], pa.string()),
             "nearest_similarity": pa.array([float(ev.nearest_similarity[r]) for r in rows], pa.float64()),
+            "rule": pa.array(rules, pa.string()),
+            "score": pa.array([float(led.score[r]) for r in rows], pa.float64()),
+            "reason": pa.array([BY_NAME[rule].explain(r, float(led.score[r]), led.detail.get(r), ev, led.facts.get(rule, {}))
+                                for r, rule in zip(rows, rules)], pa.string()),
         }
     )
 
@@ -159,7 +172,8 @@ def summary_of(choice: Choice, pool: Pool, cfg: Select, strata: list[dict], axes
         filled_outside_strata=choice.fill,
         rejected=sum(left_out.values()),
         rejected_by_rule=left_out,
-        quarantined=left_out.get("quarantine", 0),
+        quarantined=sum(left_out.get(r, 0) for r in QUARANTINE_RULES),
+        quarantined_by_rule={r: left_out.get(r, 0) for r in QUARANTINE_RULES},
         quarantine_threshold=None if not np.isfinite(q_thr) else round(q_thr, 4),
         band_edges=dict(hard=round(choice.bands.hard_from, 4), medium=round(choice.bands.medium_from, 4)),
         hardness=choice.evidence.hardness_by,
@@ -169,4 +183,9 @@ def summary_of(choice: Choice, pool: Pool, cfg: Select, strata: list[dict], axes
         quota=cfg.quota,
         diversity=cfg.diversity,
         axes=axes,
+        axes_used=choice.axes,
+        axes_dropped=choice.dropped_axes,
+        chosen_by_rule=dict(sorted(Counter(p.rule for p in choice.picks).items())),
+        model_false_positives=sum(p.rule == "model_false_positive" for p in choice.picks),
+        warnings=choice.warnings,
     )

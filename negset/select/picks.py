@@ -5,8 +5,10 @@ and picked by k-center greedy on the embeddings (each pick the farthest from
 the picks before it in the stratum), or seeded random (``diversity:
 random``). Cells larger than ``KCENTER_POOL_MAX`` are subsampled (seeded);
 cells over ``KCENTER_PROJECT_ABOVE`` values run on a seeded 128-d random
-projection. What the strata could not give is filled from the rest, hardest
-first, skipping near-duplicates of what is chosen.
+projection. Labelled candidates the user's own model fires on (model false
+positives) are offered before any quota. What the strata could not give is
+filled from the rest with the same band mix and k-center diversity (far from
+every negative chosen), never hardest first.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Pick:
     """One chosen negative and what its reason says."""
 
     row: int  # pool row
-    rule: str  # quota (a stratum's quota) | fill (the shortfall fill)
+    rule: str  # model_false_positive (offered first) | quota (a stratum's quota) | fill (the shortfall fill)
     band: str
     stratum: str
     quota: int  # the stratum's quota (0 for a fill)
@@ -122,49 +124,89 @@ def pick_strata(ev: Evidence, eligible: np.ndarray, bands: Bands, strata: list[S
 
 
 def shortfall_fill(ev: Evidence, rest: np.ndarray, bands: Bands, picks: list[Pick], want: int) -> list[Pick]:
-    """What the strata could not give, from ``rest`` (hardest first, then by seeded key), skipping any
-    candidate within ``leaks.near_duplicate`` of a negative already chosen."""
+    """What the strata could not give, from ``rest``: split over the bands by ``bands.mix`` (a band short of
+    candidates passes its share on) and picked by k-center greedy inside each band, far from every negative
+    already chosen (a candidate within ``leaks.near_duplicate`` of one is never taken). Never hardest first."""
     missing = want - len(picks)
-    if missing <= 0:
-        return []
-    V = ev.pool.vectors
     rows = np.flatnonzero(rest)
-    rows = rows[np.lexsort((ev.keys[rows], -ev.hardness[rows]))]
-    limit = 1.0 - ev.cfg.leaks.near_duplicate
-    dim = V.shape[1] if len(V) else 1
-    chosen = np.empty((len(picks) + missing, dim), np.float32)
-    chosen[: len(picks)] = np.asarray(V[np.asarray([p.row for p in picks], np.int64)], np.float32).reshape(-1, dim)
-    n_chosen = len(picks)
+    if missing <= 0 or not len(rows):
+        return []
+    by_band = tuple(int((bands.code[rows] == bi).sum()) for bi in range(len(BANDS)))
+    per_band = band_quotas(missing, Stratum(-1, "fill", 0, len(rows), by_band), ev.cfg.bands.mix)
+    chosen = [p.row for p in picks]
     out: list[Pick] = []
-    for r in rows:
-        if len(out) == missing:
-            break
-        v = np.asarray(V[r], np.float32)
-        if n_chosen and float((chosen[:n_chosen] @ v).max()) >= limit:
+    for bi, band in enumerate(BANDS):
+        bq = per_band[band]
+        if bq <= 0:
             continue
-        chosen[n_chosen] = v
-        n_chosen += 1
-        out.append(Pick(int(r), "fill", bands.name_of(r), ev.pool.stratum_names[ev.pool.stratum[r]], 0, len(out) + 1,
-                        float("nan"), 0, 0))
+        cell = rows[bands.code[rows] == bi]
+        cell = cell[np.argsort(ev.keys[cell], kind="stable")]
+        if len(cell) > KCENTER_POOL_MAX:
+            cell = np.sort(np.random.default_rng(ev.cfg.seed).choice(cell, KCENTER_POOL_MAX, replace=False))
+            cell = cell[np.argsort(ev.keys[cell], kind="stable")]
+        idx, at = pick_cell(ev, cell, bq, chosen, ev.cfg.leaks.near_duplicate)
+        for rank, (j, d) in enumerate(zip(idx, at), 1):
+            r = int(cell[j])
+            chosen.append(r)
+            out.append(Pick(r, "fill", band, ev.pool.stratum_names[ev.pool.stratum[r]], 0, rank, float(d), len(cell), bq))
     return out
+
+
+def model_false_positives(ev: Evidence, eligible: np.ndarray, bands: Bands, want: int) -> list[Pick]:
+    """Labelled candidates (known negatives) on which the user's own model detects the target: the most
+    valuable hard negatives, offered before any quota (highest score first, then by seeded key)."""
+    d = ev.pool.detections
+    if d is None or ev.pool.labelled is None or want <= 0:
+        return []
+    hit = np.fromiter((h is not None for h in d.user_hit), bool, len(d.user_hit))
+    rows = np.flatnonzero(eligible & ev.pool.labelled & hit)
+    score = np.asarray([d.user_hit[r]["score"] for r in rows], np.float64)
+    rows = rows[np.lexsort((ev.keys[rows], -score))][:want]
+    return [Pick(int(r), "model_false_positive", bands.name_of(r), ev.pool.stratum_names[ev.pool.stratum[r]], 0, i,
+                 float("nan"), len(rows), len(rows)) for i, r in enumerate(rows, 1)]
+
+
+def hardness_text(ev: Evidence, row: int) -> str:
+    """What a pick's hardness is made of, in words."""
+    scene = float(ev.pos_similarity[row])
+    h = float(ev.hardness[row])
+    if ev.hardness_by == "regions":
+        return f"object similarity {h:.3f} (best crop vs the positives' target objects), scene similarity {scene:.3f}"
+    if ev.hardness_by == "image":
+        return f"similarity {scene:.3f} to the positives"
+    d = ev.pool.detections
+    told = f"target score {float(d.target_score[row]):.3f}" + (
+        f" of threshold {float(d.threshold[row]):.3f}" if np.isfinite(d.threshold[row]) else "")
+    if d.confuser_class[row]:
+        told += f", confuser '{d.confuser_class[row]}' {float(d.confuser_score[row]):.3f}"
+    if ev.hardness_by == "evidence":
+        return f"detection evidence {h:.3f} ({told}), scene similarity {scene:.3f}"
+    base = ev.hardness_by.split(":", 1)[1]
+    return (f"combined hardness {h:.3f} (mean rank of {base} similarity {float(ev.hardness_parts[base][row]):.3f} and "
+            f"detection evidence {float(ev.hardness_parts['evidence'][row]):.3f}: {told}), scene similarity {scene:.3f}")
 
 
 def pick_reason(p: Pick, ev: Evidence, bands: Bands, want: int) -> str:
     """The sentence ``selection.parquet`` gives for a pick: its hardness and band, its quota, how it was picked."""
     cfg = ev.cfg
     scene = float(ev.pos_similarity[p.row])
-    what = (
-        f"object similarity {float(ev.hardness[p.row]):.3f} (best crop vs the positives' target objects), "
-        f"scene similarity {scene:.3f}"
-        if ev.hardness_by == "regions"
-        else f"similarity {scene:.3f} to the positives"
-    )
-    if p.rule == "fill":
+    what = hardness_text(ev, p.row)
+    if p.rule == "model_false_positive":
+        h = ev.pool.detections.user_hit[p.row]
+        box = "[" + ", ".join(f"{v:.0f}" for v in h["box"]) + "]"
         return (
-            f"shortfall fill: the positives' strata had too few eligible candidates; hardest left "
-            f"({what}, stratum '{p.stratum}'); seed {cfg.seed}"
+            f"model false positive: labelled without the target, but {h['source']} detects '{h['class']}' at score "
+            f"{h['score']:.3f} (threshold {h['threshold']:.3f}) in box {box}; the most valuable hard negative, offered "
+            f"first ({p.rank} of {p.available}); {p.band} band, {what}; seed {cfg.seed}"
         )
     lo, up = bands.edges(p.band)
+    if p.rule == "fill":
+        how = (f"k-center pick {p.rank} of {p.band_quota} from {p.available} (cosine distance {p.distance:.3f} to earlier picks)"
+               if cfg.diversity == "kcenter" and np.isfinite(p.distance) else f"pick {p.rank} of {p.band_quota} from {p.available}")
+        return (
+            f"shortfall fill: the positives' strata had too few eligible candidates; {p.band} negative by the band mix: "
+            f"{what} (band {lo:.3f}..{up:.3f}), stratum '{p.stratum}'; {how}; seed {cfg.seed}"
+        )
     if cfg.diversity == "kcenter" and np.isfinite(p.distance):
         how = f"k-center pick {p.rank} of {p.band_quota} from {p.available} (cosine distance {p.distance:.3f} to earlier picks)"
     else:

@@ -18,6 +18,32 @@ from negset.tag import quality
 
 
 @dataclass
+class Detections:
+    """The detect step's evidence per pool row (``negset/detect/store.py``): the target and the confusers."""
+
+    target_score: np.ndarray  # float64, 0 = no target detection
+    threshold: np.ndarray  # float64: the calibrated threshold of the source that gave target_score; NaN = none
+    detected: np.ndarray  # bool: target_score >= threshold
+    source: np.ndarray  # object: source name of the target evidence (None)
+    cls: np.ndarray  # object: detector class of it
+    box: np.ndarray  # object: [x0, y0, x1, y1] pixels (None)
+    confuser_score: np.ndarray  # float64
+    confuser_threshold: np.ndarray  # float64: threshold of the confuser's source; NaN = none
+    confuser_class: np.ndarray  # object
+    user_hit: np.ndarray  # object: the user's own model's target detection at its threshold (dict) or None
+
+    def take(self, idx: np.ndarray) -> "Detections":
+        return Detections(**{k: v[idx] for k, v in self.__dict__.items()})
+
+    def evidence_hardness(self) -> np.ndarray:
+        """Distractor evidence in [0, 1]: a weak target score relative to its threshold, or a confuser's."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(self.threshold > 0, self.target_score / self.threshold, 0.0)
+            c = np.where(self.confuser_threshold > 0, self.confuser_score / self.confuser_threshold, self.confuser_score)
+        return np.clip(np.nan_to_num(np.maximum(t, c)), 0.0, 1.0)
+
+
+@dataclass
 class Pool:
     """One row per image (positives and candidates)."""
 
@@ -38,6 +64,8 @@ class Pool:
     region_owner: np.ndarray | None = None  # pool row of each region, -1 = none (skipped)
     object_vectors: np.ndarray | None = None  # (m, d) target objects cropped from positives
     object_owner: np.ndarray | None = None  # pool row of each object
+    detections: Detections | None = None  # the detect step's evidence; None when detect has not run
+    axis_values: dict[str, np.ndarray] | None = None  # stratum axis -> tag value per row (object)
 
     def name_of(self, row: int) -> str:
         """How reasons name an image: its uri (the sha256 where the pool has none)."""
@@ -68,7 +96,18 @@ class Pool:
             background=rows(self.background), scores={k: v[idx] for k, v in self.scores.items()},
             area=rows(self.area), uri=rows(self.uri), labelled=rows(self.labelled), dhash=rows(self.dhash),
             region_vectors=rv, region_owner=ro, object_vectors=ov, object_owner=oo,
+            detections=None if self.detections is None else self.detections.take(idx),
+            axis_values=None if self.axis_values is None else {k: v[idx] for k, v in self.axis_values.items()},
         )
+
+    def restratified(self, axes: list[str]) -> "Pool":
+        """The same pool with strata over ``axes`` only (a subset of ``axis_values``)."""
+        from dataclasses import replace
+
+        strata = [" | ".join(str(self.axis_values[a][i]) for a in axes) or "all" for i in range(len(self.sha256))]
+        names = sorted(set(strata))
+        code = {s: i for i, s in enumerate(names)}
+        return replace(self, stratum=np.asarray([code[s] for s in strata], np.int32), stratum_names=names)
 
 
 def owner_rows(owner: np.ndarray, position: np.ndarray) -> np.ndarray:
@@ -86,11 +125,12 @@ def load_pool(con, layout: Layout, axes: list[str]) -> Pool:
     qcols = [f"q_{c}" for c in quality.PIXEL_CHECKS if f"q_{c}" in tag_cols]
     hash_sql = ", t.dhash" if "dhash" in tag_cols else ""
     stratum_sql = " || ' | ' || ".join(f"t.{a}" for a in axes)
+    axis_sql = "".join(f", t.{a} AS axis_{a}" for a in axes)
     t = con.sql(
         f"""
         SELECT i.sha256, i.uri, i.role = 'positive' AS positive, coalesce(i.has_target, false) AS has_target,
                coalesce(i.labelled, false) AS labelled,
-               i.width, i.height, {stratum_sql} AS stratum, t.background_cluster
+               i.width, i.height, {stratum_sql} AS stratum, t.background_cluster{axis_sql}
                {''.join(', t.' + c for c in qcols)}{hash_sql}
         FROM images i JOIN tags t USING (sha256) ORDER BY i.sha256
         """
@@ -119,8 +159,43 @@ def load_pool(con, layout: Layout, axes: list[str]) -> Pool:
         uri=np.asarray(t.column("uri").to_pylist(), dtype=object),
         labelled=t.column("labelled").to_numpy(zero_copy_only=False).astype(bool),
         dhash=t.column("dhash").to_numpy(zero_copy_only=False).astype(np.int64) if hash_sql else None,
+        detections=_detections_of(layout, sha),
+        axis_values={a: np.asarray(t.column(f"axis_{a}").to_pylist(), dtype=object) for a in axes},
         **_regions_of(layout, {s: i for i, s in enumerate(sha)}),
     )
+
+
+def _detections_of(layout: Layout, sha: np.ndarray) -> Detections | None:
+    """The detect step's evidence in pool row order; None when detect has not run (or had no source)."""
+    from negset.detect import store
+
+    if not store.has_run(layout):
+        return None
+    cal = store.calibration(layout)
+    if not cal.get("sources"):
+        return None
+    thresholds = {n: c.get("threshold") for n, c in cal["sources"].items()}
+    ev = {r["sha256"]: r for r in store.evidence(layout).to_pylist()}
+    hits = store.user_model_hits(layout)
+    n = len(sha)
+    f = lambda: np.zeros(n, np.float64)  # noqa: E731
+    o = lambda: np.full(n, None, dtype=object)  # noqa: E731
+    d = Detections(target_score=f(), threshold=np.full(n, np.nan), detected=np.zeros(n, bool), source=o(), cls=o(),
+                   box=o(), confuser_score=f(), confuser_threshold=np.full(n, np.nan), confuser_class=o(), user_hit=o())
+    for i, s in enumerate(sha):
+        r = ev.get(s)
+        if r is None:
+            continue
+        d.target_score[i] = r["target_score"] or 0.0
+        d.threshold[i] = np.nan if r["target_threshold"] is None else r["target_threshold"]
+        d.detected[i] = bool(r["detected_target"])
+        d.source[i], d.cls[i], d.box[i] = r["target_source"], r["target_class"], r["target_box"]
+        d.confuser_score[i] = r["confuser_score"] or 0.0
+        d.confuser_class[i] = r["confuser_class"]
+        ct = thresholds.get(r["confuser_source"]) if r["confuser_source"] else None
+        d.confuser_threshold[i] = np.nan if ct is None else ct
+        d.user_hit[i] = hits.get(s)
+    return d
 
 
 def _regions_of(layout: Layout, row_of: dict) -> dict:

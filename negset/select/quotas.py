@@ -117,3 +117,34 @@ def band_quotas(quota: int, stratum: Stratum, mix: dict[str, float]) -> dict[str
         extra = allocate(quota - sum(out.values()), {b: 1.0 for b in BANDS}, {b: capacity[b] - out[b] for b in BANDS})
         out = {b: out[b] + extra[b] for b in BANDS}
     return out
+
+
+UNKNOWN = "unknown"
+
+
+def usable_axes(pool: Pool, axes: list[str], share: float | None) -> tuple[list[str], list[dict]]:
+    """The stratum axes to keep, and those left out: an axis whose value is ``unknown`` for more than
+    ``share`` of the candidates while it is not for most positives (occlusion of a raw pool without
+    boxes or detections) would leave no stratum of the positives with a candidate; it is left out of the
+    quotas instead (each left-out axis: name, unknown share of candidates and of positives)."""
+    if share is None or pool.axis_values is None:
+        return list(axes), []
+    cand, pos = ~pool.positive, pool.positive
+    keep, dropped = [], []
+    for a in axes:
+        unknown = pool.axis_values[a] == UNKNOWN
+        c = float(unknown[cand].mean()) if cand.any() else 0.0
+        p = float(unknown[pos].mean()) if pos.any() else 0.0
+        if c > share and p <= share:
+            dropped.append(dict(axis=a, unknown_candidates=round(c, 4), unknown_positives=round(p, 4)))
+        else:
+            keep.append(a)
+    if not keep:  # every axis unknown: one stratum for all
+        return [], dropped
+    return keep, dropped
+
+
+def axis_warning(d: dict, share: float) -> str:
+    return (f"stratum axis '{d['axis']}' left out of the quotas: 'unknown' for {d['unknown_candidates']:.0%} of the "
+            f"candidates (over {share:.0%}) but {d['unknown_positives']:.0%} of the positives; its strata could hold no "
+            f"candidate (label the pool, or give detect a source for occlusion)")

@@ -131,6 +131,55 @@ class NearDuplicate(Rule):
         return f"cosine distance {score:.4f} to positive {near} is under {ev.cfg.leaks.near_duplicate}"
 
 
+def box_text(box) -> str:
+    return "[" + ", ".join(f"{float(v):.0f}" for v in box) + "]" if box is not None else "[?]"
+
+
+class DetectedTarget(Rule):
+    """An unlabelled candidate on which a detector (or the user's predictions) finds the target at or above
+    the source's calibrated threshold (``detect.calibration``): a suspected positive, quarantined.
+
+    Labelled candidates are known negatives: a detection of the target on one is a false positive of
+    that source (offered first as a hard negative when it is the user's own model), never a reason to
+    leave it out. Reads the detect step's evidence (``negset/detect/store.py``); off when detect has not run.
+    """
+
+    name = "detected_target"
+    suspects_positive = True  # a detector's word is a suspicion: a person's "no target" review clears it
+    reads = ("weak_detection_percentile",)  # detect.calibration decides the threshold (data/detect/calibration.json)
+
+    def judge(self, ev, live):
+        d = ev.pool.detections
+        if d is None:
+            return None
+        unlabelled = ~ev.pool.labelled if ev.pool.labelled is not None else np.ones(len(ev.pool.sha256), bool)
+        mask = live & unlabelled & d.detected
+        detail: dict[int, str] = {}
+        facts: dict = {}
+        pct = ev.cfg.weak_detection_percentile
+        rest = live & unlabelled & ~mask
+        if pct is not None and rest.any():
+            # a weak target detection (under the threshold) on an image that also looks like the positives
+            # (object hardness at or above this percentile of the unlabelled candidates): quarantined too
+            like = ev.likeness if ev.likeness is not None else ev.hardness
+            edge = float(np.percentile(like[rest], pct))
+            weak = rest & (d.target_score > 0) & (like >= edge)
+            for r in np.flatnonzero(weak):
+                detail[int(r)] = (f"{ev.likeness_by} similarity {float(like[r]):.3f} >= p{pct:g} of the unlabelled "
+                                  f"candidates' ({edge:.3f})")
+            mask |= weak
+            facts["weak_edge"] = edge
+        return Verdict(mask, d.target_score.copy(), detail, facts=facts)
+
+    def explain(self, row, score, detail, ev, facts):
+        d = ev.pool.detections
+        found = f"{d.source[row]} detects '{d.cls[row]}' at score {score:.3f}"
+        where = f"in box {box_text(d.box[row])}"
+        if detail:
+            return f"suspected positive: weak detection: {found} (under the threshold {float(d.threshold[row]):.3f}) {where}, and {detail}"
+        return f"suspected positive: {found} (calibrated threshold {float(d.threshold[row]):.3f}) {where}"
+
+
 class QualityCheck(Rule):
     """An overly simple image by one check of ``negset.tag.quality`` (score under the threshold)."""
 
@@ -285,6 +334,7 @@ PIPELINE: tuple[Rule, ...] = (
     ReviewedPositive(),
     ExactDuplicate(),
     NearDuplicate(),
+    DetectedTarget(),
     *(QualityCheck(c) for c in quality.CHECKS),
     Quarantine(),
     ContextBackground(),

@@ -7,17 +7,20 @@ The selection is a pipeline of named units (:func:`choose`):
    crop against the positives' target objects);
 2. rules (``rules.py``, in precedence order): ``target_label``,
    ``reviewed_positive`` (a person's decisions in ``reviews.csv``:
-   ``reviewed.py``), ``exact_duplicate``, ``near_duplicate``, ``quality:<check>``,
-   ``quarantine``, ``context:background``, ``context:irrelevant``,
-   ``pool_duplicate``. A ledger (``ledger.py``) records the first rule each
+   ``reviewed.py``), ``exact_duplicate``, ``near_duplicate``, ``detected_target`` (the detect
+   step's evidence), ``quality:<check>``, ``quarantine``,
+   ``context:background``, ``context:irrelevant``, ``pool_duplicate``. A ledger (``ledger.py``) records the first rule each
    image broke, its score and detail; ``rejected.parquet`` lists them with
    each rule's sentence;
 3. bands (``bands.py``): hard / medium / context by hardness;
 4. quotas (``quotas.py``, DuckDB over the strata): ``match`` or ``uniform``,
    a minimum per stratum, shortfalls redistributed, split over the bands by
    ``bands.mix``;
-5. picks (``picks.py``): k-center greedy (or seeded random) inside each
-   stratum and band; deterministic for a seed; then the shortfall fill.
+5. picks (``picks.py``): model false positives first (labelled candidates
+   the user's own model fires on), then k-center greedy (or seeded random)
+   inside each stratum and band; deterministic for a seed; then the
+   shortfall fill (band mix and k-center too). A stratum axis ``unknown``
+   for most candidates is left out of the strata first (``quotas.usable_axes``).
 
 Every image chosen carries its reason; ``outputs.py`` writes ``data/select/``.
 The core works on arrays (vectors may be a float16 memmap), so a pool of a
@@ -41,9 +44,9 @@ from negset.select.bands import assign_bands
 from negset.select.choice import Choice
 from negset.select.evidence import gather_evidence
 from negset.select.ledger import Ledger
-from negset.select.picks import pick_reason, pick_strata, shortfall_fill, strata_table
+from negset.select.picks import model_false_positives, pick_reason, pick_strata, shortfall_fill, strata_table
 from negset.select.pool import Pool, load_pool
-from negset.select.quotas import count_strata, stratum_quotas
+from negset.select.quotas import axis_warning, count_strata, stratum_quotas, usable_axes
 from negset.review.decisions import CONTAINS_TARGET, read_reviews, reviews_path
 from negset.select.reviewed import (Reviewed, image_sizes, new_positive_rows, new_positives_coco, new_positives_table,
                                     reviewed_in_pool)
@@ -66,6 +69,11 @@ class _Stopwatch:
 def choose(pool: Pool, cfg: Select, want: int, reviewed: Reviewed | None = None) -> Choice:
     """Apply every rule to the pool and choose ``want`` negatives (honouring a person's ``reviewed`` decisions)."""
     clock = _Stopwatch()
+    axes, dropped_axes = usable_axes(pool, list(cfg.strata), cfg.unknown_axis_share)
+    if dropped_axes:
+        pool = pool.restratified(axes)
+        for d in dropped_axes:
+            log.warning("select: %s", axis_warning(d, cfg.unknown_axis_share))
     ev = gather_evidence(pool, cfg)
     ev.reviewed = reviewed if reviewed is not None else Reviewed.none(len(pool.sha256))
     clock.lap("similarity")
@@ -79,12 +87,15 @@ def choose(pool: Pool, cfg: Select, want: int, reviewed: Reviewed | None = None)
         clock.lap(rule.name)
     eligible = ledger.live()
     bands = assign_bands(ev.hardness, np.flatnonzero(eligible), cfg.bands)
-    strata = count_strata(pool, eligible, bands.code)
-    quotas = stratum_quotas(strata, want, cfg)
+    first = model_false_positives(ev, eligible, bands, want)  # offered before any quota
+    rest = eligible.copy()
+    rest[[p.row for p in first]] = False
+    strata = count_strata(pool, rest, bands.code)
+    quotas = stratum_quotas(strata, want - len(first), cfg)
     clock.lap("bands_quotas")
     whole_pool = ledger.facts["pool_duplicate"]["whole_pool"]
     # pools grouped whole have no duplicates left; else each pick keeps off the near-duplicates of earlier ones
-    picks = pick_strata(ev, eligible, bands, strata, quotas, stop=0.0 if whole_pool else cfg.leaks.near_duplicate)
+    picks = first + pick_strata(ev, rest, bands, strata, quotas, stop=0.0 if whole_pool else cfg.leaks.near_duplicate)
     clock.lap("picks")
     if not whole_pool and len(picks) > 1:  # near-duplicates across strata (large pools)
         dropped = ledger.record("pool_duplicate", BY_NAME["pool_duplicate"].among_picks(ev, np.asarray([p.row for p in picks])))
@@ -96,7 +107,9 @@ def choose(pool: Pool, cfg: Select, want: int, reviewed: Reviewed | None = None)
     reasons = [ev.reviewed.reason_of(p.row, pick_reason(p, ev, bands, want)) for p in picks]
     clock.lap("reasons")
     return Choice(picks=picks, reasons=reasons, evidence=ev, ledger=ledger, bands=bands,
-                  strata=strata_table(strata, quotas, picks), want=want, timings=clock.times)
+                  strata=strata_table(strata, quotas, picks), want=want, timings=clock.times,
+                  axes=axes, dropped_axes=dropped_axes,
+                  warnings=[axis_warning(d, cfg.unknown_axis_share) for d in dropped_axes])
 
 
 def run(params: Params, layout: Layout) -> dict:

@@ -72,15 +72,17 @@ STAGES: dict[str, Stage] = {
     "tag": Stage(
         deps=(IMAGES, LABELS, Path_("data/embed"), Path_("data/detect")),
         params=("tag",),
-        reads=("negset/embed/store.py", "negset/detect/store.py"),
+        reads=("negset/embed/store.py", "negset/detect/store.py", "negset/detect/names.py"),
         outs=(Path_("data/tags/tags.parquet"), Path_("data/tags/clusters.json"),
               Path_("data/tags/centroids.parquet", persist=True, note="kept: clusters stay stable on refreshes")),
     ),
     "select": Stage(
         deps=(IMAGES, Path_("data/embed"), TAGS,
+              Path_("data/detect", note="the target evidence (rule detected_target, evidence hardness)"),
               Path_(REVIEWS, note="what `negset review` decided (a header-only file when nothing yet)")),
         params=("select",),
-        reads=("negset/embed/store.py", "negset/tag/quality.py", "negset/review/decisions.py"),
+        reads=("negset/embed/store.py", "negset/tag/quality.py", "negset/review/decisions.py",
+               "negset/detect/store.py", "negset/detect/names.py"),
         outs=(Path_("data/select"),),
     ),
     "export": Stage(
@@ -95,7 +97,9 @@ STAGES: dict[str, Stage] = {
     "report": Stage(
         deps=(IMAGES, Path_("data/ingest/rejected.parquet"), TAGS,
               Path_("data/select"), Path_("data/negatives/manifest.parquet"), Path_("data/negatives/run.json"),
-              Path_("data/negatives/metrics.json", note="its cards: counts, audited contamination, review progress")),
+              Path_("data/negatives/metrics.json", note="its cards: counts, audited contamination, review progress"),
+              Path_("data/detect", note="the boxes drawn on the thumbnails")),
+        reads=("negset/detect/store.py", "negset/detect/names.py"),
         outs=(Path_("data/negatives/report.html"), Path_("data/negatives/plots", cache=False)),
     ),
 }

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from negset.core import parquet as pq
-from negset.core.config import DetectSource
+from negset.core.config import Calibration, DetectSource
 from negset.core.errors import NegsetError
 from negset.core.layout import Layout
 from negset.detect import store
@@ -114,9 +114,9 @@ def test_ultralytics_model_through_the_step(ingested):
     summary = run_detect(ingested)
     det = pq.read_table(Layout.at(ingested).detect / "detections.parquet").to_pylist()
     assert len(det) == 33 and {d["source"] for d in det} == {"mine"} and {d["class"] for d in det} == {"person"}
-    # every positive scores 0.6, so the calibrated threshold is 0.6 clipped to the ceiling 0.5
+    # every positive scores 0.6, so the calibrated threshold is 0.6 clipped to the ceiling (default 0.1)
     cal = store.calibration(Layout.at(ingested))["sources"]["mine"]
-    assert cal["raw_threshold"] == pytest.approx(0.6) and cal["threshold"] == 0.5 and cal["method"] == "ceiling"
+    assert cal["raw_threshold"] == pytest.approx(0.6) and cal["threshold"] == Calibration().ceiling == 0.1 and cal["method"] == "ceiling"
     assert summary["candidates_with_target"] == 17
 
 

@@ -105,7 +105,7 @@ def test_target_map_makes_a_custom_class_the_target(ingested):
     set_detect(ingested, sources=[{"predictions": "preds.json"}], target_map={"Sample  Bag": "person"})
     run_detect(ingested)
     cal = store.calibration(Layout.at(ingested))
-    assert "sample bag" in cal["target_classes"] and cal["sources"]["preds"]["threshold"] == 0.5
+    assert "sample bag" in cal["target_classes"] and cal["sources"]["preds"]["threshold"] == Calibration().ceiling
     assert cal["sources"]["preds"]["positives_found"] == 16
 
 
