@@ -189,7 +189,6 @@ def hardness_text(ev: Evidence, row: int) -> str:
 def pick_reason(p: Pick, ev: Evidence, bands: Bands, want: int) -> str:
     """The sentence ``selection.parquet`` gives for a pick: its hardness and band, its quota, how it was picked."""
     cfg = ev.cfg
-    scene = float(ev.pos_similarity[p.row])
     what = hardness_text(ev, p.row)
     if p.rule == "model_false_positive":
         h = ev.pool.detections.user_hit[p.row]
