@@ -127,3 +127,15 @@ def copy_built(built: Path, dest: Path) -> Path:
     """A private copy of a built project (tests that change files use this)."""
     shutil.copytree(built, dest, symlinks=True)
     return dest
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium over the DevTools protocol (tests/support/browser.py); skipped, with the reason, without it."""
+    from tests.support.browser import Browser, ensure_chromium
+
+    path, why = ensure_chromium()
+    if path is None:
+        pytest.skip(why)
+    with Browser(path) as b:
+        yield b

@@ -7,18 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 
-from tests.support.browser import Browser, ensure_chromium, file_url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    path, why = ensure_chromium()
-    if path is None:
-        pytest.skip(why)
-    with Browser(path) as b:
-        yield b
+from tests.support.browser import file_url
 
 
 def test_demo_report_loads_offline_with_images_and_charts(browser, built_project, tmp_path):

@@ -29,16 +29,7 @@ from negset.core.layout import Layout
 from negset.review.decisions import HEADER, read_review_rows, read_reviews
 from tests.conftest import COCO128, copy_built, tag_project
 from tests.review.conftest import review_server
-from tests.support.browser import Browser, ensure_chromium, open_tab
-
-
-@pytest.fixture(scope="module")
-def browser():
-    path, why = ensure_chromium()
-    if path is None:
-        pytest.skip(why)
-    with Browser(path) as b:
-        yield b
+from tests.support.browser import open_tab
 
 
 @pytest.fixture(scope="module")
