@@ -7,7 +7,6 @@ import os
 import shutil
 from pathlib import Path
 
-
 from tests.support.browser import file_url
 
 
