@@ -133,6 +133,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", type=Path, default=COCO128)
     ap.add_argument("--work", type=Path, default=REPO / "data" / "evaluate" / "coco128-build")
     ap.add_argument("--out", type=Path, default=REPO / "data" / "evaluate" / "coco128")
+    ap.add_argument("--proxies", help="comma-separated subset of regions,image,detector (default: all)")
     ap.add_argument("--quiet", action="store_true", help="print only the pooled rows")
     args = ap.parse_args(argv)
     if not (args.data / "images").is_dir():
@@ -147,7 +148,8 @@ def main(argv=None) -> dict:
         safe = "".join(ch if ch.isalnum() else "_" for ch in target)
         td = prepare(params, layout, target)
         results.append(evaluate(params, layout, target, seeds=args.seeds, count=args.count or None,
-                                data=td, out=args.out / f"{safe}.json"))
+                                data=td, out=args.out / f"{safe}.json",
+                                proxies=args.proxies.split(",") if args.proxies else None))
     proxies = results[0]["proxies"]
     summary = dict(targets=targets, seeds=args.seeds, count=args.count, overrides=args.set,
                    select=params.select.model_dump(mode="json"), pooled={p: pooled(results, p) for p in proxies},

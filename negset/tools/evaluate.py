@@ -305,11 +305,15 @@ def evaluate(
     recall: float = 0.95,
     data: TargetData | None = None,
     out: Path | None = None,
+    proxies: list[str] | None = None,
 ) -> dict:
-    """Run ``seeds`` splits (seeds 0 .. seeds-1) and write ``data/evaluate/TARGET.json`` (or ``out``)."""
+    """Run ``seeds`` splits (seeds 0 .. seeds-1) and write ``data/evaluate/TARGET.json`` (or ``out``).
+
+    ``proxies``: a subset of :data:`negset.tools.probes.PROXIES` (default: every one the project allows).
+    """
     td = data or prepare(params, layout, target, confusers)
     cfg = params.select
-    proxies = probes.available(td.features)
+    proxies = [p for p in probes.available(td.features) if proxies is None or p in proxies]
     per_seed = [run_seed(td, cfg, seed, count, recall, proxies) for seed in range(seeds)]
     numeric = [k for k, v in per_seed[0].items() if k != "seed" and isinstance(v, (int, float))]
     mean = {k: float(np.nanmean([s[k] for s in per_seed])) for k in numeric}
