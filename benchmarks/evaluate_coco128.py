@@ -1,15 +1,19 @@
-"""Chosen vs random negatives on COCO128 (issue 5's must-show), with and without region hardness.
+"""The quality gate of the selection: chosen / random / oracle / reference negatives on COCO128, every proxy.
 
-    python -m benchmarks.evaluate_coco128 [--seeds 100] [--targets dog,car]
+    python -m benchmarks.evaluate_coco128 --all [--seeds 100] [--count 20] [--set select.bands.hard=80 ...]
+    python -m benchmarks.evaluate_coco128 --targets dog,car --seeds 20
 
-Builds a temporary project over ../shared/datasets/coco128-train (ingest,
-embed with ``embed.regions: 3``, tag), then runs ``negset evaluate`` for each
-target with each ``select.hardness`` of ``--hardness`` (default ``regions``
-and ``image``; ``evidence`` and ``combined`` add the shipped detect section
-and rebuild the detect step's evidence for each target) and prints one table:
-false-positive rate at 95% recall of a linear probe, chosen vs random
-negatives, their ratio and the paired difference with its bootstrap 95%
-interval. About 5 minutes on 2 cores with 100 seeds.
+Builds a project over ../shared/datasets/coco128-train once (ingest, embed
+with ``embed.regions: 3``, detect with the builtin YOLOX-Nano on 2 x 2
+tiles, tag) in ``--work`` (default ``data/evaluate/coco128-build``) and
+reuses it while its parameters are unchanged; the per-seed work is numpy
+(and the real ``choose``). ``--all`` evaluates every COCO128 class with at
+least 8 images. Prints one table per proxy (per target: the false-positive
+rate of each set, the ratio to random and the verdict of the paired
+bootstrap interval) and a pooled row per set: the mean ratio over targets
+and how many targets are significantly lower / equal / higher than random.
+Every target's seeds and parameters go to ``--out`` (default
+``data/evaluate/coco128/``: ``TARGET.json`` and ``pooled.json``).
 """
 
 from __future__ import annotations
@@ -17,72 +21,149 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
+import sys
 from pathlib import Path
 
-from negset.core.config import load_params
+import yaml
+
+from negset.core import atomic
+from negset.core.config import Params, load_params
 from negset.core.layout import Layout
-from negset.detect import step as detect
-from negset.embed import step as embed
-from negset.ingest import step as ingest
-from negset.tag import step as tags
-from negset.tools.evaluate import evaluate
+from negset.tools.evaluate import SETS, evaluate, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 COCO128 = REPO.parent / "shared" / "datasets" / "coco128-train"
+MIN_IMAGES = 8
+BUILD_STEPS = ("ingest", "embed", "detect", "tag")
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=100)
-    ap.add_argument("--targets", default="dog,car")
-    ap.add_argument("--count", type=int, default=20)
-    ap.add_argument("--data", type=Path, default=COCO128)
-    ap.add_argument("--hardness", default="regions,image",
-                    help="select.hardness values to compare (evidence, combined: the shipped detector runs per target)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="negset-eval-") as tmp:
-        root = Path(tmp)
-        d = args.data
-        (root / "params.yaml").write_text(
-            f"""ingest:
-  target: {args.targets.split(',')[0]}
-  positives: {{format: yolo, path: {d / 'labels'}, images: {d / 'images'}, classes: {d / 'classes.txt'}}}
+def project_params(data: Path) -> str:
+    return f"""ingest:
+  target: person
+  positives: {{format: yolo, path: {data / 'labels'}, images: {data / 'images'}, classes: {data / 'classes.txt'}}}
 embed:
   regions: 3
-select:
-  count: {args.count}
+detect:
+  sources:
+    - model: builtin:yolox_nano
+      tiles: 2
+      tile_overlap: 0.4
+      min_score: 0.05
 """
-        )
-        hows = args.hardness.split(",")
-        with_detect = bool({"evidence", "combined"} & set(hows))
-        if with_detect:  # the shipped detector (whole image + tiles), evidence for the evaluated target
-            import yaml
 
-            (root / "params.yaml").write_text((root / "params.yaml").read_text() + "detect: " + json.dumps(
-                yaml.safe_load((REPO / "params.yaml").read_text())["detect"]) + "\n")
-        layout = Layout.at(root)
-        params = load_params(root / "params.yaml")
-        for step in (ingest, embed, tags):
-            step.run(params, layout)
-        print(f"COCO128, {args.seeds} seeds, {args.count} negatives per split, other select parameters default")
-        print(f"{'target':8}{'hardness':10}{'FPR chosen':>12}{'FPR random':>12}{'ratio':>8}  paired difference (95% interval)  lower/equal/higher")
-        for target in args.targets.split(","):
-            if with_detect:  # the detect step's evidence is for ingest's target: rebuild it for this one
-                params = params.model_copy(update={"ingest": params.ingest.model_copy(update={"target": [target]})})
-                for step in (ingest, detect, tags):
-                    step.run(params, layout)
-            for how in hows:
-                p = params.model_copy(update={"select": params.select.model_copy(update={"hardness": how})})
-                r = evaluate(p, layout, target, seeds=args.seeds)
-                m, pd = r["mean"], r["paired"]
-                print(
-                    f"{target:8}{how:10}{m['chosen_fpr']:>12.3f}{m['random_fpr']:>12.3f}{r['fpr_ratio']:>8.2f}  "
-                    f"{pd['mean']:+.3f} ({pd['ci95'][0]:+.3f} .. {pd['ci95'][1]:+.3f})          "
-                    f"{pd['better']}/{pd['same']}/{pd['worse']}",
-                    flush=True,
-                )
+
+def build(work: Path, data: Path) -> tuple[Params, Layout]:
+    """The COCO128 project in ``work``: built once, rebuilt when its parameters or negset's version change."""
+    import negset
+    from negset.pipeline import step_function
+
+    text = project_params(data)
+    stamp = work / "data" / "evaluate-build.json"
+    want = dict(params=text, version=negset.__version__)
+    layout = Layout.at(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "params.yaml").write_text(text)
+    params = load_params(work / "params.yaml")
+    if not (stamp.exists() and json.loads(stamp.read_text()) == want):
+        for name in BUILD_STEPS:  # embed and detect keep sha256-keyed caches: a rebuild pays only for what changed
+            step_function(name)(params, layout)
+        atomic.write_json(stamp, want)
+    return params, layout
+
+
+def targets_with(data: Path, at_least: int) -> list[str]:
+    """COCO128 classes with at least this many images, most images first."""
+    names = (data / "classes.txt").read_text().split("\n")
+    count: dict[str, int] = {}
+    for txt in sorted((data / "labels").glob("*.txt")):
+        for c in {names[int(line.split()[0])] for line in txt.read_text().splitlines() if line.strip()}:
+            count[c] = count.get(c, 0) + 1
+    return [c for c, n in sorted(count.items(), key=lambda kv: (-kv[1], kv[0])) if n >= at_least]
+
+
+def with_overrides(params: Params, sets: list[str]) -> Params:
+    """``section.key.sub=value`` (value read as YAML) applied to the parameters, validated again."""
+    raw = params.model_dump(mode="json")
+    for item in sets:
+        key, _, value = item.partition("=")
+        node = raw
+        *parents, last = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(value)
+    return Params.model_validate(raw)
+
+
+def pooled(results: list[dict], proxy: str) -> dict:
+    """Per set: the mean ratio to random over the targets and the tally of their verdicts."""
+    out = {}
+    for s in SETS:
+        if s == "random":
+            continue
+        rows = [r["proxy"][proxy]["sets"][s] for r in results]
+        ratios = [row["ratio"] for row in rows]
+        out[s] = dict(mean_ratio=float(sum(ratios) / len(ratios)),
+                      **{v: sum(row["verdict"] == v for row in rows) for v in ("lower", "equal", "higher")})
+    return out
+
+
+def table(results: list[dict], proxy: str) -> list[str]:
+    lines = [f"proxy {proxy}: FPR per set, ratio to random (verdict of the paired 95% interval: - lower, = equal, + higher)",
+             f"  {'target':<14}{'random':>8}" + "".join(f"{s:>20}" for s in SETS if s != "random")]
+    mark = {"lower": "-", "equal": "=", "higher": "+"}
+    for r in results:
+        sets = r["proxy"][proxy]["sets"]
+        cells = "".join(f"{sets[s]['fpr']:>9.3f} {sets[s]['ratio']:>5.2f} {mark[sets[s]['verdict']]:>3}  "
+                        for s in SETS if s != "random")
+        lines.append(f"  {r['target']:<14}{sets['random']['fpr']:>8.3f}{cells}")
+    pool = pooled(results, proxy)
+    lines.append(f"  {'pooled':<14}{'':>8}" + "".join(
+        f"{'':>3}{pool[s]['mean_ratio']:>5.2f} {pool[s]['lower']:>2}/{pool[s]['equal']}/{pool[s]['higher']:<2}  "
+        for s in SETS if s != "random"))
+    return lines
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--all", action="store_true", help=f"every COCO128 class with at least {MIN_IMAGES} images")
+    ap.add_argument("--targets", default="dog,car")
+    ap.add_argument("--seeds", type=int, default=100)
+    ap.add_argument("--count", type=int, default=20, help="negatives per split (0: select.count / select.ratio)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a parameter, e.g. select.bands.hard=80")
+    ap.add_argument("--data", type=Path, default=COCO128)
+    ap.add_argument("--work", type=Path, default=REPO / "data" / "evaluate" / "coco128-build")
+    ap.add_argument("--out", type=Path, default=REPO / "data" / "evaluate" / "coco128")
+    ap.add_argument("--proxies", help="comma-separated subset of regions,image,detector (default: all)")
+    ap.add_argument("--quiet", action="store_true", help="print only the pooled rows")
+    args = ap.parse_args(argv)
+    if not (args.data / "images").is_dir():
+        raise SystemExit(f"{args.data}: no COCO128 here (pass --data DIR)")
+    logging.basicConfig(level=logging.WARNING)
+    params, layout = build(args.work, args.data)
+    params = with_overrides(params, args.set)
+    targets = targets_with(args.data, MIN_IMAGES) if args.all else args.targets.split(",")
+    results = []
+    for target in targets:
+        print(f"  {target} ...", file=sys.stderr, flush=True)
+        safe = "".join(ch if ch.isalnum() else "_" for ch in target)
+        td = prepare(params, layout, target)
+        results.append(evaluate(params, layout, target, seeds=args.seeds, count=args.count or None,
+                                data=td, out=args.out / f"{safe}.json",
+                                proxies=args.proxies.split(",") if args.proxies else None))
+    proxies = results[0]["proxies"]
+    summary = dict(targets=targets, seeds=args.seeds, count=args.count, overrides=args.set,
+                   select=params.select.model_dump(mode="json"), pooled={p: pooled(results, p) for p in proxies},
+                   per_target={r["target"]: {p: r["proxy"][p]["sets"] for p in proxies} for r in results})
+    atomic.write_json(args.out / "pooled.json", summary)
+    print(f"COCO128, {len(targets)} targets, {args.seeds} seeds each, {args.count or 'select.count/ratio'} negatives per split"
+          f"{', ' + ' '.join(args.set) if args.set else ''}; records in {args.out}")
+    for p in proxies:
+        lines = table(results, p)
+        print("\n".join(lines[-1:] if args.quiet else lines), flush=True)
+        sees = sum(r["proxy"][p]["sees_benefit"] for r in results)
+        print(f"  proxy {p}: the oracle is significantly lower than random on {sees} of {len(results)} targets: "
+              f"{'adequate' if sees >= 0.8 * len(results) else 'NOT adequate'} (adequate: at least 80%)")
+    return summary
 
 
 if __name__ == "__main__":

@@ -115,12 +115,15 @@ def _parser() -> argparse.ArgumentParser:
     add("check", help="validate the parameters file")
     ev = add(
         "evaluate",
-        help="on a labelled pool: false-positive rate of a probe trained on the chosen vs random negatives",
-        description="Compare the chosen negatives with random ones of the same size on a labelled pool "
-        "(run ingest, embed and tag first). Writes data/evaluate/TARGET.json.",
+        help="on a labelled pool: chosen vs random, oracle and plain-similarity negatives, per proxy probe",
+        description="Compare the chosen negatives with random ones, an oracle set (confuser images first) and a "
+        "plain-similarity reference of the same size on a labelled pool (run ingest, embed, detect and tag first), "
+        "with each proxy probe (regions, image, detector), and say whether each proxy can see the oracle's benefit. "
+        "Writes data/evaluate/TARGET.json (every seed and parameter).",
     )
     ev.add_argument("--target", help="class to evaluate (default: the first ingest.target)")
-    ev.add_argument("--confusers", help="comma-separated classes easily confused with the target (default: a built-in list)")
+    ev.add_argument("--confusers", help="comma-separated classes easily confused with the target (default: the other classes of "
+                    "its COCO supercategory and known cross-category confusers, negset/tools/confusers.py)")
     ev.add_argument("--seeds", type=int, default=50, help="random splits to average over (default 50)")
     ev.add_argument("--count", type=int, help="negatives per split (default: select.count / select.ratio)")
     ct = add(

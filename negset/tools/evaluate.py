@@ -1,84 +1,55 @@
-"""``negset evaluate``: do the chosen negatives beat random ones?
+"""``negset evaluate``: do the chosen negatives beat random ones, and can the measure tell?
 
 On a labelled pool (every image has labels, e.g. COCO128) and for a target
 class, repeated over seeds:
 
 1. split the target's images into train positives and held-out positives,
    and the images of classes easily confused with the target (without the
-   target) into a held-out half and a half left in the pool;
-2. choose negatives from the pool with the real selection
-   (:func:`negset.select.step.choose`, the ``select:`` parameters), and as many
-   random negatives from the same pool;
-3. train a linear probe (L2 logistic regression, numpy) on the frozen
-   embeddings: train positives vs each negative set;
-4. on the held-out images, set the threshold where the probe finds 95% of
-   the held-out positives and measure the false-positive rate on the
-   held-out confusers.
+   target; default lists in :mod:`negset.tools.confusers`) into a held-out
+   half and a half left in the pool;
+2. build four negative sets of the same size from the pool:
+   ``chosen`` (the real selection, :func:`negset.select.step.choose` with the
+   ``select:`` parameters), ``random``, ``oracle`` (the pool's confuser
+   images first, the rest random: what a proxy must reward) and
+   ``reference`` (plain similarity: the highest mean top-k similarity to the
+   positives, skipping the top 10%);
+3. for each proxy (:mod:`negset.tools.probes`: ``regions``, ``image``,
+   ``detector``) train a probe on the train positives against each set and
+   measure the false-positive rate on the held-out confusers at the
+   threshold that keeps ``recall`` of the held-out positives.
 
-Printed (mean over seeds): both false-positive rates and their ratio, and for
-both negative sets the leak count (negatives labelled with the target or
-near-duplicates of a positive), the strata total-variation distance to the
-positives, the duplicate rate and the low-information share.
+Per proxy and set: the mean rate, its ratio to random and the paired
+difference to random (per seed, same split) with a bootstrap 95% interval.
+A proxy *sees the benefit* on a target when the oracle is significantly
+lower than random (the interval under 0). Per set also: leaks, strata
+distance to the positives, duplicates, quality-flagged and confuser shares.
+``data/evaluate/TARGET.json`` keeps every seed and every parameter.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from negset.core import atomic, catalog
-from negset.core.config import Params
+from negset.core.config import Params, Select
 from negset.core.errors import NegsetError
 from negset.core.layout import Layout
 from negset.select.evidence import seeded_keys
 from negset.select.pool import Pool
 from negset.select.step import choose
 from negset.tag import quality
+from negset.tools import probes
+from negset.tools.confusers import default_confusers
+from negset.tools.probes import Features, fit_probe, fpr_at_recall  # noqa: F401  (the public names of old)
 
 log = logging.getLogger("negset.evaluate")
 
-# classes a detector of the key most often confuses with it (COCO names)
-CONFUSERS = {
-    "dog": ["cat", "horse", "sheep", "cow", "teddy bear", "bear"],
-    "cat": ["dog", "teddy bear", "bear", "sheep"],
-    "car": ["truck", "bus", "motorcycle", "train", "bicycle"],
-    "truck": ["car", "bus", "train"],
-    "bus": ["truck", "car", "train"],
-    "person": ["teddy bear", "dog", "cat", "horse", "chair"],
-    "horse": ["cow", "sheep", "dog", "elephant", "zebra"],
-    "bicycle": ["motorcycle"],
-    "motorcycle": ["bicycle", "car"],
-}
-
-
-def fit_probe(X: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 30):
-    """L2 logistic regression with balanced class weights (Newton steps in the span of X); returns a scorer."""
-    X = np.asarray(X, np.float64)
-    _, _, vt = np.linalg.svd(X, full_matrices=False)
-    Z = np.hstack([X @ vt.T, np.ones((len(X), 1))])
-    sw = np.where(y == 1, 0.5 / max(1, (y == 1).sum()), 0.5 / max(1, (y == 0).sum()))
-    w = np.zeros(Z.shape[1])
-    reg = np.full(Z.shape[1], l2)
-    reg[-1] = 0.0
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(Z @ w, -30, 30)))
-        g = Z.T @ (sw * (p - y)) + reg * w
-        H = (Z * (sw * p * (1 - p))[:, None]).T @ Z + np.diag(reg + 1e-9)
-        step = np.linalg.solve(H, g)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    coef, bias = vt.T @ w[:-1], w[-1]
-    return lambda Xt: np.asarray(Xt, np.float64) @ coef + bias
-
-
-def fpr_at_recall(pos_scores: np.ndarray, neg_scores: np.ndarray, recall: float = 0.95) -> float:
-    """False-positive rate at the highest threshold that keeps ``recall`` of the positives."""
-    s = np.sort(pos_scores)[::-1]
-    need = int(np.ceil(recall * len(s)))
-    thr = s[need - 1]
-    return float((neg_scores >= thr).mean()) if len(neg_scores) else float("nan")
+SETS = ("chosen", "random", "oracle", "reference")
+REFERENCE_SKIP = 0.10  # the plain-similarity reference skips the most similar 10% (likely unlabelled targets)
 
 
 def tv_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -116,21 +87,79 @@ def set_metrics(rows: np.ndarray, pool: Pool, classes: list[set], target: set, n
     )
 
 
-def evaluate(
-    params: Params,
-    layout: Layout,
-    target: str | None = None,
-    confusers: list[str] | None = None,
-    seeds: int = 5,
-    count: int | None = None,
-    recall: float = 0.95,
-) -> dict:
+@dataclass
+class TargetData:
+    """Everything one target's seeds read, loaded once: the pool, labels, confuser mask and probe features."""
+
+    target: str
+    confusers: list[str] | None  # None: every non-target image is a confuser
+    base: Pool  # every labelled image of the project
+    classes: list[set]
+    tgt: np.ndarray  # bool per base row: labelled with the target
+    conf: np.ndarray  # bool per base row: a confuser image (never the target)
+    features: Features
+
+
+_OBJECTS: dict = {}
+
+
+def labelled_objects(params: Params, layout: Layout, classes: list[str]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """class -> (owner sha256 per object, vectors) of every labelled object (embedded once, cached; kept per process)."""
+    from negset.embed.regions import objects_for
+
+    model = (layout.embed / "model.json").read_text()
+    key = (str(layout.data.resolve()), model, tuple(classes))
+    if key not in _OBJECTS:
+        _OBJECTS.clear()
+        _OBJECTS[key] = {c: objects_for(params, layout, [c]) for c in classes}
+    return _OBJECTS[key]
+
+
+def _windows(base: Pool, objects: dict[str, tuple[list[str], np.ndarray]], confusers: set | None):
+    """(vectors, owner row, kind, is a confuser object) of every image's windows: its whole image, its grid crops,
+    its labelled objects (``confusers`` None: every object is one)."""
+    V = np.asarray(base.vectors, np.float32)
+    row_of = {s: i for i, s in enumerate(base.sha256)}
+    parts = [(V, np.arange(len(V)), "image", False)]
+    if base.region_owner is not None and (base.region_owner >= 0).any():
+        grid = np.flatnonzero(base.region_owner >= 0)
+        parts.append((np.asarray(base.region_vectors[grid], np.float32), base.region_owner[grid], "grid", False))
+    for cls, (shas, vec) in objects.items():
+        own = np.asarray([row_of.get(s, -1) for s in shas], np.int64)
+        if (own >= 0).any():
+            parts.append((np.asarray(vec[own >= 0], np.float32), own[own >= 0], "object", confusers is None or cls in confusers))
+    owner = np.concatenate([p[1] for p in parts])
+    order = np.argsort(owner, kind="stable")
+    kinds = np.concatenate([np.full(len(p[1]), p[2]) for p in parts])
+    is_conf = np.concatenate([np.full(len(p[1]), p[3]) for p in parts])
+    return np.vstack([p[0] for p in parts])[order], owner[order], kinds[order], is_conf[order]
+
+
+def _detections(layout: Layout, sha256: np.ndarray) -> np.ndarray | None:
+    """(n, classes): per image the best detection score per class of every source (None: detect has not run)."""
+    from negset.detect import store
+
+    if not store.has_run(layout):
+        return None
+    t = store.read_detections(layout, ["sha256", "class", "score"]).to_pydict()
+    names = sorted(set(t["class"]))
+    col = {c: j for j, c in enumerate(names)}
+    row = {s: i for i, s in enumerate(sha256)}
+    out = np.zeros((len(sha256), max(1, len(names))), np.float32)
+    for s, c, v in zip(t["sha256"], t["class"], t["score"]):
+        i = row.get(s)
+        if i is not None:
+            out[i, col[c]] = max(out[i, col[c]], v)
+    return out
+
+
+def prepare(params: Params, layout: Layout, target: str | None = None, confusers: list[str] | None = None) -> TargetData:
+    """Load the labelled pool, the target's objects and the probes' features; check there is enough to split."""
     from negset.select.pool import load_pool
 
-    cfg = params.select
     target = target or params.ingest.target[0]
     with catalog.connect(layout) as con:
-        base = load_pool(con, layout, list(cfg.strata))
+        base = load_pool(con, layout, list(params.select.strata))
         rows = con.sql("SELECT sha256, labelled, classes FROM images ORDER BY sha256").fetchall()
     labelled = np.array([bool(r[1]) for r in rows])
     if labelled.sum() < max(2, 0.5 * len(rows)):
@@ -141,88 +170,175 @@ def evaluate(
         )
     if (~labelled).any():
         log.info("evaluate: %d unlabelled images left out (they may hold the target)", int((~labelled).sum()))
+        base = base.subset(np.flatnonzero(labelled))
+        rows = [r for r, keep in zip(rows, labelled) if keep]
     classes = [set(r[2] or ()) for r in rows]
     known = set().union(*classes)
-    if base.region_vectors is not None and target in known:  # objects of this target (it may differ from ingest's)
-        from negset.embed.regions import objects_for
-
-        row_of = {s: i for i, s in enumerate(base.sha256)}
-        obj_shas, base.object_vectors = objects_for(params, layout, [target])
-        base.object_owner = np.asarray([row_of.get(s, -1) for s in obj_shas], np.int64)
     if target not in known:
         raise NegsetError(f"--target: no image is labelled '{target}'", hint=f"known classes: {', '.join(sorted(known))}")
-    confusers = confusers if confusers is not None else CONFUSERS.get(target)
+    objects = owner = found = None
+    if base.region_vectors is not None:  # every labelled object, those of this target apart
+        found = labelled_objects(params, layout, sorted(known))
+        row_of = {s: i for i, s in enumerate(base.sha256)}
+        obj_shas, obj_vec = found[target]
+        owner = np.asarray([row_of.get(s, -1) for s in obj_shas], np.int64)
+        base.object_vectors, base.object_owner = obj_vec[owner >= 0], owner[owner >= 0]
+        objects, owner = np.asarray(base.object_vectors, np.float32), base.object_owner
+    confusers = confusers if confusers is not None else default_confusers(target)
     tgt = np.array([target in c for c in classes])
-    if confusers:
-        wanted = set(confusers)
-        conf = np.array([bool(c & wanted) for c in classes]) & ~tgt
-    else:
-        conf = ~tgt  # no confuser list: every non-target image may be held out
+    conf = (np.array([bool(c & set(confusers)) for c in classes]) if confusers else np.ones(len(classes), bool)) & ~tgt
     if tgt.sum() < 4 or conf.sum() < 2:
         raise NegsetError(
             f"--target {target}: {int(tgt.sum())} target images and {int(conf.sum())} confuser images; need at least 4 and 2",
             hint="pick a target with more images or pass --confusers",
         )
-    per_seed = []
-    for seed in range(seeds):
-        rng = np.random.default_rng(seed)
-        t_rows = rng.permutation(np.flatnonzero(tgt))
-        c_rows = rng.permutation(np.flatnonzero(conf))
-        test_pos = t_rows[: len(t_rows) // 2]
-        train_pos = t_rows[len(t_rows) // 2 :]
-        test_neg = c_rows[: (len(c_rows) + 1) // 2]
-        keep = np.ones(len(classes), bool)
-        keep[test_pos] = False
-        keep[test_neg] = False
-        keep &= labelled
-        idx = np.flatnonzero(keep)
-        positive = np.isin(idx, train_pos)
-        pool = base.subset(idx, positive)
-        pool.has_target = tgt[idx]  # the evaluated target (it may differ from ingest's)
-        pool.labelled = np.ones(len(idx), bool)
-        want = count or cfg.size_for(int(positive.sum()))
-        scfg = cfg.model_copy(update={"seed": seed})
-        choice = choose(pool, scfg, want)
-        hardness_by = choice.evidence.hardness_by
-        chosen = choice.rows
-        cand = np.flatnonzero(~positive & ~tgt[idx])
-        order = cand[np.argsort(seeded_keys(pool.sha256[cand], 10_000 + seed), kind="stable")]
-        random_rows = order[: len(chosen)]
-        X_pos = np.asarray(pool.vectors[positive], np.float32)
-        Xt_pos = np.asarray(base.vectors[test_pos], np.float32)
-        Xt_neg = np.asarray(base.vectors[test_neg], np.float32)
-        out = dict(seed=seed, negatives=int(len(chosen)), train_positives=int(positive.sum()),
-                   test_positives=int(len(test_pos)), test_confusers=int(len(test_neg)))
-        for name, rows_ in (("chosen", chosen), ("random", random_rows)):
-            X = np.vstack([X_pos, np.asarray(pool.vectors[rows_], np.float32)])
-            y = np.r_[np.ones(len(X_pos)), np.zeros(len(rows_))]
-            score = fit_probe(X, y)
-            out[f"{name}_fpr"] = fpr_at_recall(score(Xt_pos), score(Xt_neg), recall)
-            m = set_metrics(rows_, pool, [classes[i] for i in idx], {target}, cfg.leaks.near_duplicate, cfg.quality, set(confusers or ()))
-            out.update({f"{name}_{k}": v for k, v in m.items()})
-        per_seed.append(out)
-    keys = [k for k in per_seed[0] if k != "seed"]
-    mean = {k: float(np.nanmean([s[k] for s in per_seed])) for k in keys}
-    ratio = mean["chosen_fpr"] / mean["random_fpr"] if mean["random_fpr"] > 0 else float("nan")
-    paired = paired_difference([s["chosen_fpr"] - s["random_fpr"] for s in per_seed])
+    w_vec, w_owner, w_kind, w_conf = (_windows(base, found, set(confusers) if confusers else None)
+                                      if found is not None else (None,) * 4)
+    features = Features(vectors=np.asarray(base.vectors, np.float32), objects=objects, object_owner=owner,
+                        windows=w_vec, window_owner=w_owner, window_kind=w_kind, confuser_window=w_conf,
+                        detections=_detections(layout, base.sha256))
+    return TargetData(target, confusers, base, classes, tgt, conf, probes.project(features))
+
+
+@dataclass
+class Split:
+    """One seed's split of the target's and the confusers' images; ``idx`` are the pool's base rows."""
+
+    seed: int
+    train_pos: np.ndarray
+    test_pos: np.ndarray
+    test_neg: np.ndarray
+    idx: np.ndarray
+    positive: np.ndarray  # bool per pool row
+
+
+def split(td: TargetData, seed: int) -> Split:
+    rng = np.random.default_rng(seed)
+    t_rows = rng.permutation(np.flatnonzero(td.tgt))
+    c_rows = rng.permutation(np.flatnonzero(td.conf))
+    test_pos, train_pos = t_rows[: len(t_rows) // 2], t_rows[len(t_rows) // 2 :]
+    test_neg = c_rows[: (len(c_rows) + 1) // 2]
+    keep = np.ones(len(td.classes), bool)
+    keep[test_pos] = False
+    keep[test_neg] = False
+    idx = np.flatnonzero(keep)
+    return Split(seed, np.sort(train_pos), test_pos, test_neg, idx, np.isin(idx, train_pos))
+
+
+def random_set(pool: Pool, cand: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` of the candidate pool rows in a seeded order (by sha256, so a set does not depend on row order)."""
+    order = cand[np.argsort(seeded_keys(pool.sha256[cand], 10_000 + seed), kind="stable")]
+    return order[:n]
+
+
+def oracle_set(pool: Pool, cand: np.ndarray, is_confuser: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The candidates that are confuser images first (seeded order), then random others: ``n`` rows."""
+    first = random_set(pool, cand[is_confuser[cand]], n, seed)
+    rest = random_set(pool, cand[~is_confuser[cand]], n - len(first), seed)
+    return np.concatenate([first, rest])
+
+
+def reference_set(pos_similarity: np.ndarray, cand: np.ndarray, n: int, skip: float = REFERENCE_SKIP) -> np.ndarray:
+    """Plain similarity: the candidates by mean top-k similarity to the positives, the top ``skip`` share left out."""
+    order = cand[np.argsort(-pos_similarity[cand], kind="stable")]
+    return order[int(np.floor(skip * len(order))):][:n]
+
+
+def run_seed(td: TargetData, cfg: Select, seed: int, want: int | None, recall: float, proxies: list[str]) -> dict:
+    """One split: the four negative sets, each proxy's false-positive rate per set, and the sets' metrics."""
+    sp = split(td, seed)
+    pool = td.base.subset(sp.idx, sp.positive)
+    pool.has_target = td.tgt[sp.idx]  # the evaluated target (it may differ from ingest's)
+    pool.labelled = np.ones(len(sp.idx), bool)
+    n_want = want or cfg.size_for(int(sp.positive.sum()))
+    choice = choose(pool, cfg.model_copy(update={"seed": seed}), n_want)
+    chosen = choice.rows
+    cand = np.flatnonzero(~sp.positive & ~td.tgt[sp.idx])
+    n = len(chosen)
+    sets = dict(chosen=chosen, random=random_set(pool, cand, n, seed),
+                oracle=oracle_set(pool, cand, td.conf[sp.idx], n, seed),
+                reference=reference_set(choice.evidence.pos_similarity, cand, n))
+    out = dict(seed=seed, negatives=n, train_positives=int(sp.positive.sum()), test_positives=int(len(sp.test_pos)),
+               test_confusers=int(len(sp.test_neg)), pool_confusers=int(td.conf[sp.idx][cand].sum()),
+               hardness=choice.evidence.hardness_by)
+    pool_classes = [td.classes[i] for i in sp.idx]
+    for name, rows in sets.items():
+        negatives = sp.idx[rows]
+        for proxy in proxies:
+            probe = probes.PROXIES[proxy][0]
+            out[f"{proxy}:{name}_fpr"] = probe(td.features, sp.train_pos, negatives, sp.test_pos, sp.test_neg, recall)
+        m = set_metrics(rows, pool, pool_classes, {td.target}, cfg.leaks.near_duplicate, cfg.quality, set(td.confusers or ()))
+        out.update({f"{name}_{k}": v for k, v in m.items()})
+    return out
+
+
+def summarise(per_seed: list[dict], proxies: list[str]) -> dict:
+    """Per proxy and set: mean rate, ratio to random, paired difference to random; and whether the proxy sees the oracle."""
+    out = {}
+    for proxy in proxies:
+        rates = {s: np.asarray([r[f"{proxy}:{s}_fpr"] for r in per_seed], np.float64) for s in SETS}
+        rnd = float(np.nanmean(rates["random"]))
+        rows = {}
+        for s in SETS:
+            mean = float(np.nanmean(rates[s]))
+            rows[s] = dict(fpr=mean, ratio=mean / rnd if rnd > 0 else float("nan"))
+            if s != "random":
+                rows[s]["paired"] = paired_difference(list(rates[s] - rates["random"]))
+                rows[s]["verdict"] = verdict(rows[s]["paired"])
+        out[proxy] = dict(sets=rows, sees_benefit=rows["oracle"]["verdict"] == "lower")
+    return out
+
+
+def verdict(paired: dict) -> str:
+    """'lower' / 'higher' when the paired 95% interval is under / over 0, else 'equal'."""
+    lo, hi = paired["ci95"]
+    return "lower" if hi < 0 else "higher" if lo > 0 else "equal"
+
+
+def evaluate(
+    params: Params,
+    layout: Layout,
+    target: str | None = None,
+    confusers: list[str] | None = None,
+    seeds: int = 5,
+    count: int | None = None,
+    recall: float = 0.95,
+    data: TargetData | None = None,
+    out: Path | None = None,
+    proxies: list[str] | None = None,
+) -> dict:
+    """Run ``seeds`` splits (seeds 0 .. seeds-1) and write ``data/evaluate/TARGET.json`` (or ``out``).
+
+    ``proxies``: a subset of :data:`negset.tools.probes.PROXIES` (default: every one the project allows).
+    """
+    td = data or prepare(params, layout, target, confusers)
+    cfg = params.select
+    proxies = [p for p in probes.available(td.features) if proxies is None or p in proxies]
+    per_seed = [run_seed(td, cfg, seed, count, recall, proxies) for seed in range(seeds)]
+    numeric = [k for k, v in per_seed[0].items() if k != "seed" and isinstance(v, (int, float))]
+    mean = {k: float(np.nanmean([s[k] for s in per_seed])) for k in numeric}
     result = dict(
-        target=target,
-        confusers=confusers or "all non-target images",
-        seeds=seeds,
+        target=td.target,
+        confusers=td.confusers or "all non-target images",
+        seeds=list(range(seeds)),
         recall=recall,
+        count=count,
+        select=cfg.model_dump(mode="json"),
+        proxies=proxies,
+        hardness=per_seed[0]["hardness"],
+        confuser_images=int(td.conf.sum()),
+        target_images=int(td.tgt.sum()),
         mean=mean,
-        fpr_ratio=ratio,
-        paired=paired,
-        hardness=hardness_by,
+        proxy=summarise(per_seed, proxies),
         per_seed=per_seed,
     )
-    safe = "".join(ch if ch.isalnum() else "_" for ch in target)
-    atomic.write_json(layout.data / "evaluate" / f"{safe}.json", result)
+    safe = "".join(ch if ch.isalnum() else "_" for ch in td.target)
+    atomic.write_json(out or layout.data / "evaluate" / f"{safe}.json", result)
     return result
 
 
 def paired_difference(diffs: list[float], draws: int = 2000) -> dict:
-    """Mean of the per-seed differences (chosen - random) with a seeded bootstrap 95% interval, and the tally.
+    """Mean of the per-seed differences (set - random) with a seeded bootstrap 95% interval, and the tally.
 
     Both sets share each seed's split, so the difference is far less noisy than either rate.
     """
@@ -241,26 +357,26 @@ def paired_difference(diffs: list[float], draws: int = 2000) -> dict:
 
 def report(result: dict) -> str:
     m = result["mean"]
+    conf = result["confusers"]
     lines = [
-        f"negset evaluate: target '{result['target']}', held-out confusers: "
-        f"{', '.join(result['confusers']) if isinstance(result['confusers'], list) else result['confusers']}",
-        f"  {result['seeds']} seeds; per seed {m['train_positives']:.1f} train positives, {m['negatives']:.1f} negatives, "
-        f"{m['test_positives']:.1f} held-out positives, {m['test_confusers']:.1f} held-out confusers",
-        f"  false-positive rate at {result['recall']:.0%} recall (mean): chosen {m['chosen_fpr']:.3f}  random {m['random_fpr']:.3f}  "
-        f"ratio chosen/random {result['fpr_ratio']:.2f}",
+        f"negset evaluate: target '{result['target']}', held-out confusers: {', '.join(conf) if isinstance(conf, list) else conf}",
+        f"  {len(result['seeds'])} seeds; per seed {m['train_positives']:.1f} train positives, {m['negatives']:.1f} negatives, "
+        f"{m['test_positives']:.1f} held-out positives, {m['test_confusers']:.1f} held-out confusers; "
+        f"hardness: {result.get('hardness', 'image')}",
+        f"  false-positive rate on the held-out confusers at {result['recall']:.0%} recall of the held-out positives (mean);",
+        "  ratio = set / random; paired = per-seed difference to random, bootstrap 95% interval",
+        f"  {'proxy':<10}{'set':<11}{'FPR':>7}{'ratio':>7}  {'paired (95% interval)':<28}verdict",
     ]
-    pd_ = result.get("paired")
-    if pd_:
-        lines.append(
-            f"  paired difference chosen - random: {pd_['mean']:+.3f} (bootstrap 95% interval {pd_['ci95'][0]:+.3f} .. "
-            f"{pd_['ci95'][1]:+.3f}); chosen lower in {pd_['better']} seeds, equal in {pd_['same']}, higher in {pd_['worse']}"
-        )
-    lines.append(f"  hardness: {result.get('hardness', 'image')} (select.hardness; regions need embed.regions > 0)")
-    lines += [
-        f"  {'':24}{'chosen':>10}{'random':>10}",
-    ]
+    for proxy, p in result["proxy"].items():
+        for s in SETS:
+            row = p["sets"][s]
+            pd_ = row.get("paired")
+            paired = f"{pd_['mean']:+.3f} ({pd_['ci95'][0]:+.3f} .. {pd_['ci95'][1]:+.3f})" if pd_ else ""
+            lines.append(f"  {proxy:<10}{s:<11}{row['fpr']:>7.3f}{row['ratio']:>7.2f}  {paired:<28}{row.get('verdict', '')}")
+        lines.append(f"  {'':<10}proxy {'sees the benefit (oracle significantly lower than random)' if p['sees_benefit'] else 'CANNOT see the benefit here (oracle not significantly lower than random)'}")
+    lines.append(f"  {'':24}" + "".join(f"{s:>10}" for s in SETS))
     for k, label in (("leaks", "leaks"), ("strata_tv", "strata TV distance"), ("duplicate_rate", "duplicate rate"),
                      ("low_information_share", "low-information share"), ("quality_flagged_share", "quality-flagged share"),
                      ("confuser_share", "confuser share")):
-        lines.append(f"  {label:<24}{m['chosen_' + k]:>10.3f}{m['random_' + k]:>10.3f}")
+        lines.append(f"  {label:<24}" + "".join(f"{m[s + '_' + k]:>10.3f}" for s in SETS))
     return "\n".join(lines)
