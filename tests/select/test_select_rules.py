@@ -249,10 +249,13 @@ def test_evaluate_prints_both_rates_and_the_set_metrics(coco128, capsys):
     code = cli.main(["--params", str(root / "params.yaml"), "evaluate", "--target", "car", "--seeds", "3"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "false-positive rate at 95% recall" in out and "ratio chosen/random" in out
+    assert "false-positive rate on the held-out confusers at 95% recall" in out
     result = json.loads((layout.data / "evaluate" / "car.json").read_text())
     m = result["mean"]
-    assert 0 <= m["chosen_fpr"] <= 1 and 0 <= m["random_fpr"] <= 1
+    for proxy, summary in result["proxy"].items():
+        for name in ("chosen", "random", "oracle", "reference"):
+            assert 0 <= summary["sets"][name]["fpr"] <= 1, (proxy, name)
+            assert f"{proxy:<10}{name:<11}{summary['sets'][name]['fpr']:>7.3f}" in out
     assert m["chosen_leaks"] == 0 and m["chosen_duplicate_rate"] == 0
     # the chosen set follows the positives' strata; random draws do not
     assert m["chosen_strata_tv"] < m["random_strata_tv"]
