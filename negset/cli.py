@@ -69,6 +69,7 @@ def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", default=default(False), help="only warnings and errors")
 
 
+# Long: the declarative list of every subcommand and its options (one place for the help text).
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="negset",

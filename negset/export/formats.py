@@ -70,6 +70,8 @@ def _read_coco(path: Path) -> dict:
     return read_coco_json(path, hint="check --positives or ingest.positives.path")
 
 
+# Long: the merge must keep every original image, annotation, category and key unchanged while adding the
+# negatives with new unique ids; kept in one function so that contract reads top to bottom.
 def coco(
     params: Params,
     layout: Layout,

@@ -114,6 +114,8 @@ def store_object(layout: Layout, sha256: str, data: bytes) -> Path:
     return target
 
 
+# Long (phases in one function): listing, fetching and storing, pinning, labels and the summary share the
+# pin journal, the stat cache and the counts the summary reports; splitting them is the next clean-up.
 def run(params: Params, layout: Layout) -> dict:
     cfg = params.ingest
     positives = load_positives(cfg.positives, cfg.target, layout.root)

@@ -185,6 +185,8 @@ def choose(*candidates: tuple | None) -> tuple:
     return next(c for c in candidates if c is not None)
 
 
+# Long (phases in one function): pixel statistics, scene, clusters, occlusion and user tags fill one row per
+# image and the sources' precedence is decided per column at the end; splitting them is the next clean-up.
 def run(params: Params, layout: Layout) -> dict:
     from negset.tag import sources as tagsources
 

@@ -295,6 +295,8 @@ def verdict(paired: dict) -> str:
     return "lower" if hi < 0 else "higher" if lo > 0 else "equal"
 
 
+# Long: checks the pool and target, builds the per-target data once, runs the seeds and writes the record
+# in one place so the record holds exactly what the figures came from.
 def evaluate(
     params: Params,
     layout: Layout,

@@ -282,6 +282,8 @@ def _lighting_agreement(path: Path, labels: dict, hand: list[tuple[str, str]], t
     )
 
 
+# Long: one comparison per tag source (panoptic background, indoor/outdoor, hand lighting labels, masks),
+# each optional, all written to one agreement.json.
 def check(params: Params, layout: Layout, panoptic: str | None = None, masks: str | None = None,
           lighting_labels: str | None = None) -> dict:
     """Background, lighting and occlusion agreement, written to ``data/tags/agreement.json``.
