@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Callable
 
 
-def read_list_entries(path: Path, columns: tuple[str, ...]) -> list[tuple[int, str]]:
+def read_list_entries(
+    path: Path, columns: tuple[str, ...], unknown_header: Callable[[list[str]], None] | None = None
+) -> list[tuple[int, str]]:
     """(line number, entry) of each non-empty entry of ``path``.
 
     A ``.csv`` gives the first of ``columns`` its header names (case and spaces
@@ -23,6 +26,8 @@ def read_list_entries(path: Path, columns: tuple[str, ...]) -> list[tuple[int, s
         return []
     header = [h.strip().lower() for h in rows[0]]
     col = next((header.index(c) for c in columns if c in header), None)
+    if col is None and unknown_header is not None:
+        unknown_header(rows[0])
     body, start = (rows[1:], 2) if col is not None else (rows, 1)
     col = col or 0
     return [(n, r[col].strip()) for n, r in enumerate(body, start) if len(r) > col and r[col].strip()]

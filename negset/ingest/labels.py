@@ -7,17 +7,18 @@ path) the list of its boxes, as class name plus a normalised box
 
 from __future__ import annotations
 
-import csv
 import difflib
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from negset.core.config import Positives
 from negset.core.errors import NegsetError
+from negset.core.listfile import read_list_entries
 
 
 @dataclass(frozen=True)
@@ -285,26 +286,18 @@ def _looks_like_path(cell: str) -> bool:
     return "/" in cell or "\\" in cell or "://" in cell or bool(Path(cell).suffix)
 
 
-def _list_column(path: Path, rows: list[list[str]]) -> tuple[int, list[list[str]]]:
-    """Which column of a positives CSV holds the images, and the rows below its header.
+def _refuse_header(path: Path) -> Callable[[list[str]], None]:
+    """A positives CSV's first row that names no ``LIST_COLUMNS``: data when a cell looks like a path
+    (a folder, suffix or scheme), else a header naming no image column, which is an error."""
 
-    A first row that names one of ``LIST_COLUMNS`` is the header; a first row
-    none of whose cells looks like a path (no folder, suffix or scheme) is a
-    header too, and naming no known column it is an error; otherwise the file
-    has no header and the first column is read.
-    """
-    if not rows:
-        return 0, []
-    header = [h.strip().lower() for h in rows[0]]
-    col = next((header.index(c) for c in LIST_COLUMNS if c in header), None)
-    if col is not None:
-        return col, rows[1:]
-    if any(_looks_like_path(h) for h in rows[0]):
-        return 0, rows
-    raise NegsetError(
-        f"{path}: line 1: the header ({', '.join(h.strip() for h in rows[0])}) names no image column",
-        hint=f"name the column of image paths one of: {', '.join(LIST_COLUMNS)} (any case), or drop the header",
-    )
+    def check(row: list[str]) -> None:
+        if not any(_looks_like_path(h) for h in row):
+            raise NegsetError(
+                f"{path}: line 1: the header ({', '.join(h.strip() for h in row)}) names no image column",
+                hint=f"name the column of image paths one of: {', '.join(LIST_COLUMNS)} (any case), or drop the header",
+            )
+
+    return check
 
 
 def load_list_entries(path: Path) -> tuple[set[Path], set[str]]:
@@ -312,15 +305,7 @@ def load_list_entries(path: Path) -> tuple[set[Path], set[str]]:
     if not path.is_file():
         raise NegsetError(f"{path}: positives list not found", hint="check ingest.positives.path")
     base = path.parent
-    entries: list[str] = []
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
-        col, body = _list_column(path, rows)
-        entries = [r[col].strip() for r in body if len(r) > col and r[col].strip()]
-    else:
-        entries = [s.strip() for s in path.read_text(encoding="utf-8").splitlines()]
-        entries = [s for s in entries if s and not s.startswith("#")]
+    entries = [entry for _, entry in read_list_entries(path, LIST_COLUMNS, _refuse_header(path))]
     out: set[Path] = set()
     uris: set[str] = set()
     for entry in entries:
