@@ -77,7 +77,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="negset-refresh-"))
     root = tmp / "project"
     root.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "reviews.csv", "negset", "flows", "tasks", "examples", ".dvcignore"):
+    for name in ("dvc.yaml", "params.yaml", "negset.lock", "reviews.csv", "negset", "flows", "tasks", "examples", ".dvcignore"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
     (root / "data").mkdir()

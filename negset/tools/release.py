@@ -380,11 +380,11 @@ def summary_markdown(root: Path, change: Change, tag: str | None) -> str:
         lines.append(f"New release **{tag}** (previous: {change.previous or 'none'}).")
         if not change.set_changed:
             lines.append("The inputs changed (dvc.lock) but the chosen negatives are the same.")
+    else:
+        lines.append(f"Nothing changed since {change.previous or 'the last commit'}: no commit, no tag.")
     if not change.history_known:
         lines.append(f"The manifest of {change.previous} is in neither the DVC cache nor the remote: "
                      "images added and removed are unknown.")
-    else:
-        lines.append(f"Nothing changed since {change.previous or 'the last commit'}: no commit, no tag.")
     lines += ["", f"Negatives: {m.get('negatives', change.negatives)} for {m.get('positives', '?')} positives "
                   f"(pool {m.get('candidates', '?')} candidates, strata TV distance {m.get('strata_tv_distance', '?')})."]
     lines += ["", audit_line(m, released=tag is not None)]

@@ -232,6 +232,7 @@ def test_refresh_releases_only_changes_and_survives_a_kill(tmp_path, s3, no_pref
     first = version.refresh(root, today=today)
     assert first["tag"] == "negatives-20260102-1" and tags(root) == [first["tag"]]
     assert first["change"]["previous"] is None and len(first["change"]["added"]) == first["change"]["negatives"]
+    assert "New release" in first["summary"] and "Nothing changed" not in first["summary"]
     assert_clean(root)
     assert run(["git", "tag", "--points-at", "HEAD"], root).stdout.split() == [first["tag"]]
     # (a clean clone at a tag reproducing the set is checked after the deployment run below)
