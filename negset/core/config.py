@@ -230,6 +230,10 @@ class Embed(_Section):
         description="also embed a G x G grid of crops of every image and the positives' target objects "
         "(negset/regions.py: object-level hardness for select); 0 = off",
     )
+    regions_from: Literal["map", "crops"] = Field(
+        "map", description="map: region vectors are pooled windows of the whole-image pass's last feature map "
+        "(no extra model pass; efficientnet_lite0 only, other models crop); crops: each region cropped and embedded",
+    )
 
 
 class DetectSource(_Section):
