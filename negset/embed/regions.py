@@ -29,6 +29,7 @@ the pool.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -97,10 +98,18 @@ MAP_VERSION = 1  # bump when the pooling of map windows changes: the region cach
 
 
 def method_for(cfg) -> str:
-    """The region method in effect: ``map`` needs the default model's feature map; other models crop."""
+    """The region method in effect: ``crops``, ``map`` (grid and objects from the map) or ``map+objects``
+    (grid from the map, target objects cropped). The map needs the default model; other models crop."""
     from negset.embed.model import DEFAULT_MODEL
 
-    return "map" if cfg.regions_from == "map" and cfg.model == DEFAULT_MODEL else "crops"
+    if cfg.regions_from != "map" or cfg.model != DEFAULT_MODEL:
+        return "crops"
+    return "map" if cfg.objects_from == "map" else "map+objects"
+
+
+def pooled(method: str, kind: str) -> bool:
+    """Whether items of this kind are pooled from the feature map under ``method`` (else cropped)."""
+    return method == "map" or (method == "map+objects" and kind == "grid")
 
 
 def _key(model_hash: str, grid: int, method: str = "crops") -> str:
@@ -302,10 +311,11 @@ class MapSink:
     def __init__(self, params: Params, layout: Layout, model_hash: str, images: list[dict]):
         cfg = params.embed
         self.grid, self.every = cfg.regions, cfg.checkpoint_every * max(1, cfg.regions ** 2)
-        self.cache = region_cache(layout, _key(model_hash, cfg.regions, "map"))
+        method = method_for(cfg)
+        self.cache = region_cache(layout, _key(model_hash, cfg.regions, method))
         self.by_sha: dict[str, list[Item]] = {}
         for it in items_for(layout, images, list(params.ingest.target)):
-            if it.key not in self.cache.rows:
+            if it.key not in self.cache.rows and pooled(method, it.kind):  # cropped objects: the region step
                 self.by_sha.setdefault(it.sha256, []).append(it)
         self.pending: dict = {}
         self.rows = 0
@@ -340,15 +350,12 @@ def _fill(params: Params, layout: Layout, model_hash: str, items: list[Item]) ->
 
         emb = ready_embedder(cfg, layout, model_hash)  # the whole-image pass's; no torch when the export is cached
         pending: dict = {}
-        if method == "map":
-            per = max(1, cfg.regions ** 2)
-            n_img = len({it.sha256 for it in todo})
-            work = compute_from_maps(emb, layout, todo, cfg.regions, cfg.batch_size, cfg.threads)
-            batches = -(-n_img // cfg.batch_size)
-        else:
-            per = max(1, cfg.regions ** 2)
-            batches = -(-len(todo) // max(1, cfg.batch_size // per))
-            work = compute(emb, layout, todo, cfg.regions, cfg.batch_size, cfg.threads)
+        per = max(1, cfg.regions ** 2)
+        from_map = [it for it in todo if pooled(method, it.kind)]
+        cropped = [it for it in todo if not pooled(method, it.kind)]
+        batches = -(-len({it.sha256 for it in from_map}) // cfg.batch_size) + -(-len(cropped) // max(1, cfg.batch_size // per))
+        work = itertools.chain(compute_from_maps(emb, layout, from_map, cfg.regions, cfg.batch_size, cfg.threads) if from_map else [],
+                               compute(emb, layout, cropped, cfg.regions, cfg.batch_size, cfg.threads) if cropped else [])
         for done in track(work, batches, "region batches"):
             pending.update(done)
             if sum(len(b) for b, _ in pending.values()) >= cfg.checkpoint_every * per:

@@ -61,16 +61,19 @@ def test_map_grid_windows_follow_the_crop_grid():
 def test_region_cache_key_differs_by_method():
     assert regions._key("abc", 3, "map") != regions._key("abc", 3, "crops")
     assert regions._key("abc", 3) == regions._key("abc", 3, "crops")  # the caches of before keep their key
-    assert regions.method_for(Embed(regions=3)) == "map"
+    assert regions.method_for(Embed(regions=3)) == "crops"  # the default: it keeps the quality gate
+    assert regions.method_for(Embed(regions=3, regions_from="map")) == "map+objects"  # grid pooled, objects cropped
+    assert regions.method_for(Embed(regions=3, regions_from="map", objects_from="map")) == "map"
+    assert regions._key("abc", 3, "map") != regions._key("abc", 3, "map+objects")
     assert regions.method_for(Embed(regions=3, regions_from="crops")) == "crops"
-    assert regions.method_for(Embed(regions=3, model="timm:resnet18")) == "crops"  # no map for other models
+    assert regions.method_for(Embed(regions=3, regions_from="map", model="timm:resnet18")) == "crops"  # no map for other models
 
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     """The sample as a project with regions (map), ingested and embedded."""
     root = copy_project(tmp_path_factory.mktemp("maps") / "proj")
-    write_params(root, embed={"regions": 3, "threads": 2})
+    write_params(root, embed={"regions": 3, "threads": 2, "regions_from": "map", "objects_from": "map"})
     layout, params = Layout.at(root), load_params(root / "params.yaml")
     ingest.run(params, layout)
     embed.run(params, layout)
