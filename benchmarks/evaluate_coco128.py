@@ -59,11 +59,12 @@ def build(work: Path, data: Path) -> tuple[Params, Layout]:
 
     text = project_params(data)
     stamp = work / "data" / "evaluate-build.json"
-    want = dict(params=text, version=negset.__version__)
     layout = Layout.at(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "params.yaml").write_text(text)
     params = load_params(work / "params.yaml")
+    # the embed section with its defaults: a changed default (e.g. embed.regions_from) rebuilds
+    want = dict(params=text, version=negset.__version__, embed=params.embed.model_dump(mode="json"))
     if not (stamp.exists() and json.loads(stamp.read_text()) == want):
         for name in BUILD_STEPS:  # embed and detect keep sha256-keyed caches: a rebuild pays only for what changed
             step_function(name)(params, layout)

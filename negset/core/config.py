@@ -230,6 +230,14 @@ class Embed(_Section):
         description="also embed a G x G grid of crops of every image and the positives' target objects "
         "(negset/regions.py: object-level hardness for select); 0 = off",
     )
+    regions_from: Literal["map", "crops"] = Field(
+        "crops", description="map: region vectors are pooled windows of the whole-image pass's last feature map "
+        "(no extra model pass; efficientnet_lite0 only, other models crop); crops: each region cropped and embedded",
+    )
+    objects_from: Literal["crops", "map"] = Field(
+        "crops", description="with regions_from: map, the positives' target objects: crops = cropped and embedded "
+        "(one pass per object, positives only); map = the mean of their cells of their image's feature map",
+    )
 
 
 class DetectSource(_Section):

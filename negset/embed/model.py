@@ -87,16 +87,34 @@ class Embedder:
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """L2-normalised features and ImageNet probabilities (None without a head) for a batch."""
+        feats, probs, _ = self.run(batch)
+        return feats, probs
+
+    @property
+    def has_map(self) -> bool:
+        """Whether this model returns its last feature map (the map the whole-image vector pools)."""
         if self.session is not None:
-            outputs = self.session.run(None, {"images": np.ascontiguousarray(batch, dtype=np.float32)})
-            feats = outputs[0].astype(np.float32)
+            return "map" in {o.name for o in self.session.get_outputs()}
+        return hasattr(self.features, "m") and hasattr(self.features.m, "forward_features")
+
+    def run(self, batch: np.ndarray, with_map: bool = False):
+        """(L2-normalised features, ImageNet probabilities or None, last feature map or None) of a batch.
+
+        The map (N, C, h, w, float32, not normalised) is what the features are the
+        global average pool of: region vectors are pooled windows of it (negset.embed.regions).
+        """
+        if self.session is not None:
+            names = [o.name for o in self.session.get_outputs()]
+            wanted = [n for n in ("features", "logits", "map") if n in names and (n != "map" or with_map)]
+            got = dict(zip(wanted, self.session.run(wanted, {"images": np.ascontiguousarray(batch, dtype=np.float32)})))
+            feats = got["features"].astype(np.float32)
             feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
             probs = None
-            if len(outputs) > 1:
-                logits = outputs[1] - outputs[1].max(axis=1, keepdims=True)
+            if "logits" in got:
+                logits = got["logits"] - got["logits"].max(axis=1, keepdims=True)
                 e = np.exp(logits)
                 probs = e / e.sum(axis=1, keepdims=True)
-            return feats, probs
+            return feats, probs, got.get("map")
         import torch
 
         with torch.inference_mode():
@@ -104,10 +122,16 @@ class Embedder:
             if self.device != "cpu":
                 x = x.pin_memory().to(self.device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
-            feats = self.features(x)
+            fmap = None
+            if with_map and self.has_map:
+                fmap = self.features.m.forward_features(x)
+                feats = self.features.m.forward_head(fmap, pre_logits=True)
+                fmap = fmap.float().cpu().numpy().astype(np.float32)
+            else:
+                feats = self.features(x)
             probs = torch.softmax(self.head(feats).float(), dim=1).cpu().numpy() if self.head is not None else None
             feats = torch.nn.functional.normalize(feats.float(), dim=1).cpu().numpy().astype(np.float32)
-        return feats, probs
+        return feats, probs, fmap
 
     def use_device(self, device: str) -> None:
         """Run the torch model on ``device`` (cpu or cuda)."""
@@ -123,9 +147,11 @@ class Embedder:
         import onnxruntime  # noqa: F401  (no onnxruntime: ImportError before any export work)
         import torch
 
-        path = Path(cache_dir) / f"{model_hash(self)}.onnx"
+        path = onnx_path(Path(cache_dir), model_hash(self))
         if not path.exists():
+            with_map = self.has_map
             outputs = ["features", "logits"] if self.head is not None else ["features"]
+            outputs += ["map"] if with_map else []
 
             class Both(torch.nn.Module):
                 def __init__(self, features, head):
@@ -133,8 +159,13 @@ class Embedder:
                     self.features, self.head = features, head
 
                 def forward(self, x):
-                    z = self.features(x)
-                    return (z, self.head(z)) if self.head is not None else z
+                    if with_map:  # the last feature map too: the features are its global average pool
+                        fmap = self.features.m.forward_features(x)
+                        z = self.features.m.forward_head(fmap, pre_logits=True)
+                    else:
+                        z, fmap = self.features(x), None
+                    out = (z, self.head(z)) if self.head is not None else (z,)
+                    return (*out, fmap) if with_map else (out if len(out) > 1 else out[0])
 
             module = Both(self.features, self.head).eval()
             example = torch.zeros(1, 3, self.image_size, self.image_size)
@@ -165,6 +196,12 @@ class Embedder:
         self.device = "cpu"
 
 
+def onnx_path(cache_dir: Path, key: str) -> Path:
+    """The cached export of model hash ``key``; ``-map``: it returns the last feature map too
+    (exports without it, from before, are not read: they would give no region vectors)."""
+    return cache_dir / f"{key}-map.onnx"
+
+
 def _gpu_possible() -> bool:
     """Whether torch could see a GPU here (device nodes of NVIDIA or ROCm drivers), without importing torch."""
     return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists() or Path("/proc/driver/nvidia").exists()
@@ -183,7 +220,7 @@ def cached_onnx_embedder(cfg: Embed, layout: Layout, key: str) -> Embedder | Non
         return None
     if cfg.device == "auto" and _gpu_possible():
         return None
-    path = layout.data / "cache" / "onnx" / f"{key}.onnx"
+    path = onnx_path(layout.data / "cache" / "onnx", key)
     if not path.is_file():
         return None
     identity = quick_identity(cfg, layout.root)
@@ -435,10 +472,11 @@ def _load_or_reason(emb: Embedder, path: Path):
         return f"cannot decode: {type(exc).__name__}: {exc}"
 
 
-def embed_files(emb: Embedder, paths: list[Path], batch_size: int, threads: int = 0):
+def embed_files(emb: Embedder, paths: list[Path], batch_size: int, threads: int = 0, with_map: bool = False):
     """Yield (indices, features, probs, failures) per batch; decoding runs in threads beside the model.
 
     ``failures`` maps an index into ``paths`` to the reason it could not be decoded.
+    ``with_map``: a fifth item, the batch's last feature maps (None when the model has none).
     """
     workers = max(1, threads or (os.cpu_count() or 1))
     starts = range(0, len(paths), batch_size)
@@ -453,9 +491,9 @@ def embed_files(emb: Embedder, paths: list[Path], batch_size: int, threads: int 
                 arrays.append(value)
                 idx.append(i)
         if not arrays:
-            return idx, None, None, failures
-        feats, probs = emb(np.stack(arrays))
-        return idx, feats, probs, failures
+            return (idx, None, None, failures, None) if with_map else (idx, None, None, failures)
+        feats, probs, fmap = emb.run(np.stack(arrays), with_map=with_map)
+        return (idx, feats, probs, failures, fmap) if with_map else (idx, feats, probs, failures)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = None

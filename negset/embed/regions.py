@@ -29,6 +29,7 @@ the pool.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from negset.core import atomic
 from negset.core import parquet as pq
 from negset.core.cache import PartCache
 from negset.core.config import Params
+from negset.core.errors import NegsetError
 from negset.core.imageio import load_rgb
 from negset.core.layout import Layout
 from negset.core.progress import track
@@ -89,10 +91,96 @@ class Item:
     sha256: str
     kind: str  # grid | object
     boxes: list[tuple[float, float, float, float]]  # normalised boxes (object) or [] (grid)
+    size: tuple[int, int] = (0, 0)  # the upright image's width and height (ingest), the frame of the pixel boxes
 
 
-def _key(model_hash: str, grid: int) -> str:
-    return hashlib.sha256(json.dumps([model_hash, grid, OBJECT_MARGIN, MIN_OBJECT_PX]).encode()).hexdigest()[:16]
+MAP_VERSION = 1  # bump when the pooling of map windows changes: the region cache key changes with it
+
+
+def method_for(cfg) -> str:
+    """The region method in effect: ``crops``, ``map`` (grid and objects from the map) or ``map+objects``
+    (grid from the map, target objects cropped). The map needs the default model; other models crop."""
+    from negset.embed.model import DEFAULT_MODEL
+
+    if cfg.regions_from != "map" or cfg.model != DEFAULT_MODEL:
+        return "crops"
+    return "map" if cfg.objects_from == "map" else "map+objects"
+
+
+def pooled(method: str, kind: str) -> bool:
+    """Whether items of this kind are pooled from the feature map under ``method`` (else cropped)."""
+    return method == "map" or (method == "map+objects" and kind == "grid")
+
+
+def _key(model_hash: str, grid: int, method: str = "crops") -> str:
+    parts = [model_hash, grid, OBJECT_MARGIN, MIN_OBJECT_PX]
+    if method != "crops":  # the crops key is the one of before the map method (those caches keep)
+        parts += [method, MAP_VERSION]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def crop_window(width: int, height: int, size: int, crop_pct: float) -> tuple[float, float, float, float]:
+    """The part of the image (fractions x0, y0, x1, y1) the model sees: ``Embedder.preprocess``'s centre crop."""
+    short = int(round(size / crop_pct))
+    scale = short / max(1, min(width, height))
+    nw, nh = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return left / nw, top / nh, (left + size) / nw, (top + size) / nh
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def map_grid(fmap: np.ndarray, grid: int) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:
+    """(map cell windows c0, r0, c1, r1; L2-normalised mean-pooled vectors) of a G x G grid over a (C, h, w) map.
+
+    Each window spans 1.25/G of the map's side (rounded to whole cells), like
+    the crops of ``grid_boxes``: at 224 px the 7 x 7 map gives 3 x 3 cell windows
+    at cells 0, 2 and 4 for G = 3.
+    """
+    _, h, w = fmap.shape
+    s = min(1.0, 1.25 / grid)
+    kw, kh = max(1, round(w * s)), max(1, round(h * s))
+    cells = []
+    for i in range(grid):
+        for j in range(grid):
+            c0 = round(j * (w - kw) / (grid - 1)) if grid > 1 else 0
+            r0 = round(i * (h - kh) / (grid - 1)) if grid > 1 else 0
+            cells.append((c0, r0, c0 + kw, r0 + kh))
+    vecs = np.stack([fmap[:, r0:r1, c0:c1].mean(axis=(1, 2)) for c0, r0, c1, r1 in cells])
+    return cells, _unit(vecs)
+
+
+def map_roi(fmap: np.ndarray, box: tuple[int, int, int, int], width: int, height: int, window) -> np.ndarray:
+    """The L2-normalised mean of the map cells under a pixel box (at least one cell; clipped to the crop)."""
+    _, h, w = fmap.shape
+    fx0, fy0, fx1, fy1 = window
+    u0, u1 = ((box[0] / width - fx0) / (fx1 - fx0) * w, (box[2] / width - fx0) / (fx1 - fx0) * w)
+    v0, v1 = ((box[1] / height - fy0) / (fy1 - fy0) * h, (box[3] / height - fy0) / (fy1 - fy0) * h)
+    c0 = int(min(max(np.floor(u0), 0), w - 1))
+    r0 = int(min(max(np.floor(v0), 0), h - 1))
+    c1 = int(max(min(np.ceil(u1), w), c0 + 1))
+    r1 = int(max(min(np.ceil(v1), h), r0 + 1))
+    return _unit(fmap[:, r0:r1, c0:c1].mean(axis=(1, 2)))
+
+
+def from_map(fmap: np.ndarray, item: Item, grid: int, size: int, crop_pct: float) -> tuple[list, np.ndarray]:
+    """(pixel boxes in the upright image, float16 vectors) of one item, pooled from its image's map."""
+    W, H = item.size
+    window = crop_window(W, H, size, crop_pct)
+    if item.kind == "grid":
+        cells, vecs = map_grid(fmap, grid)
+        _, h, w = fmap.shape
+        fx0, fy0, fx1, fy1 = window
+        boxes = [(round((fx0 + c0 / w * (fx1 - fx0)) * W), round((fy0 + r0 / h * (fy1 - fy0)) * H),
+                  round((fx0 + c1 / w * (fx1 - fx0)) * W), round((fy0 + r1 / h * (fy1 - fy0)) * H))
+                 for c0, r0, c1, r1 in cells]
+        return boxes, vecs.astype(np.float16)
+    boxes = [b for b in (object_box(x, W, H) for x in item.boxes) if b is not None]
+    if not boxes:
+        return [], np.zeros((0, fmap.shape[0]), np.float16)
+    return boxes, np.stack([map_roi(fmap, b, W, H, window) for b in boxes]).astype(np.float16)
 
 
 class RegionParts:
@@ -147,6 +235,7 @@ def items_for(layout: Layout, images: list[dict], target: list[str], grid: bool 
         if b["cls"] in wanted and not b.get("crowd"):
             by_sha.setdefault(b["sha256"], []).append((b["x0"], b["y0"], b["x1"], b["y1"]))
     out = []
+    size_of = {im["sha256"]: (int(im["width"]), int(im["height"])) for im in images}
     for im in images:
         if grid:
             out.append(Item(im["sha256"], im["sha256"], "grid", []))
@@ -156,6 +245,8 @@ def items_for(layout: Layout, images: list[dict], target: list[str], grid: bool 
         if boxes:
             tag = hashlib.sha256(json.dumps(boxes).encode()).hexdigest()[:12]
             out.append(Item(f"{im['sha256']}:{tag}", im["sha256"], "object", boxes))
+    for it in out:
+        it.size = size_of[it.sha256]
     return out
 
 
@@ -197,21 +288,75 @@ def compute(emb, layout: Layout, items: list[Item], grid: int, batch_size: int, 
             yield done
 
 
+def compute_from_maps(emb, layout: Layout, items: list[Item], grid: int, batch_size: int, threads: int = 0):
+    """Yield {item key: (pixel boxes, vectors)} per batch of images: one model pass per image (its
+    last feature map), every item of that image pooled from it. Undecodable images yield nothing."""
+    from negset.embed.model import embed_files
+
+    if not emb.has_map:
+        raise NegsetError(f"embed.regions_from: map: the model {emb.name} returns no feature map", hint="use regions_from: crops")
+    by_sha: dict[str, list[Item]] = {}
+    for it in items:
+        by_sha.setdefault(it.sha256, []).append(it)
+    shas = list(by_sha)
+    paths = [layout.object_path(s) for s in shas]
+    for idx, _, _, _, fmap in embed_files(emb, paths, batch_size, threads, with_map=True):
+        yield {it.key: from_map(fmap[j], it, grid, emb.image_size, emb.crop_pct) for j, i in enumerate(idx) for it in by_sha[shas[i]]}
+
+
+class MapSink:
+    """Region vectors of the images the whole-image pass embeds now, pooled from the feature maps that
+    pass computes anyway (``embed.regions_from: map``): object hardness without another model pass."""
+
+    def __init__(self, params: Params, layout: Layout, model_hash: str, images: list[dict]):
+        cfg = params.embed
+        self.grid, self.every = cfg.regions, cfg.checkpoint_every * max(1, cfg.regions ** 2)
+        method = method_for(cfg)
+        self.cache = region_cache(layout, _key(model_hash, cfg.regions, method))
+        self.by_sha: dict[str, list[Item]] = {}
+        for it in items_for(layout, images, list(params.ingest.target)):
+            if it.key not in self.cache.rows and pooled(method, it.kind):  # cropped objects: the region step
+                self.by_sha.setdefault(it.sha256, []).append(it)
+        self.pending: dict = {}
+        self.rows = 0
+
+    def take(self, shas: list[str], fmap: np.ndarray, emb) -> None:
+        """Pool the regions of these images (in batch order) from their maps; write a part now and then."""
+        for j, sha in enumerate(shas):
+            for it in self.by_sha.pop(sha, []):
+                self.pending[it.key] = got = from_map(fmap[j], it, self.grid, emb.image_size, emb.crop_pct)
+                self.rows += len(got[0])
+        if self.rows >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.cache.add(self.pending)
+        self.pending, self.rows = {}, 0
+
+
 def _fill(params: Params, layout: Layout, model_hash: str, items: list[Item]) -> PartCache:
     """The cache with every item in it (the missing ones embedded now; the model loads only then)."""
     cfg = params.embed
-    cache = region_cache(layout, _key(model_hash, cfg.regions))
+    method = method_for(cfg)
+    cache = region_cache(layout, _key(model_hash, cfg.regions, method))
     todo = [it for it in items if it.key not in cache.rows]
-    log.info("regions: %d items (%d x %d grid per image, target objects of positives), %d cached, %d to embed",
-             len(items), cfg.regions, cfg.regions, len(items) - len(todo), len(todo))
+    log.info("regions (%s): %d items (%d x %d grid per image, target objects of positives), %d cached, %d to embed",
+             method, len(items), cfg.regions, cfg.regions, len(items) - len(todo), len(todo))
+    if cfg.regions_from == "map" and method != "map":
+        log.info("regions: regions_from: map needs the default model's feature map; %s regions are cropped", cfg.model)
     if todo:
         from negset.embed.model import ready_embedder
 
         emb = ready_embedder(cfg, layout, model_hash)  # the whole-image pass's; no torch when the export is cached
         pending: dict = {}
         per = max(1, cfg.regions ** 2)
-        batches = -(-len(todo) // max(1, cfg.batch_size // per))
-        for done in track(compute(emb, layout, todo, cfg.regions, cfg.batch_size, cfg.threads), batches, "region batches"):
+        from_map = [it for it in todo if pooled(method, it.kind)]
+        cropped = [it for it in todo if not pooled(method, it.kind)]
+        batches = -(-len({it.sha256 for it in from_map}) // cfg.batch_size) + -(-len(cropped) // max(1, cfg.batch_size // per))
+        work = itertools.chain(compute_from_maps(emb, layout, from_map, cfg.regions, cfg.batch_size, cfg.threads) if from_map else [],
+                               compute(emb, layout, cropped, cfg.regions, cfg.batch_size, cfg.threads) if cropped else [])
+        for done in track(work, batches, "region batches"):
             pending.update(done)
             if sum(len(b) for b, _ in pending.values()) >= cfg.checkpoint_every * per:
                 cache.add(pending)

@@ -66,15 +66,25 @@ def embedding_cache(layout: Layout, key: str) -> PartCache[dict]:
     return PartCache(layout.data / "cache" / "embed" / key, EmbeddingParts())
 
 
-def _embed_into(cache: PartCache[dict], key: str, cfg: Embed, layout: Layout, todo: list[dict], emb=None) -> list[dict]:
-    """Embed ``todo`` (dicts with sha256 and uri) into ``cache``; return the rejected ones."""
+def _embed_into(cache: PartCache[dict], key: str, cfg: Embed, layout: Layout, todo: list[dict], emb=None,
+                sink=None) -> list[dict]:
+    """Embed ``todo`` (dicts with sha256 and uri) into ``cache``; return the rejected ones.
+
+    ``sink``: a ``regions.MapSink`` that pools the region vectors of these images
+    from the feature maps of this same pass (one model pass per image for both).
+    """
     emb = ready_embedder(cfg, layout, key, emb)
     log.info("embed: %s on %s (%s)", emb.name, emb.device, emb.runtime)
+    if sink is not None and not emb.has_map:
+        sink = None  # the region step crops or pools later
     rejected: list[dict] = []
     pending: list[dict] = []
     paths = [layout.object_path(im["sha256"]) for im in todo]
     batches = -(-len(paths) // cfg.batch_size)
-    for idx, feats, probs, failures in track(embed_files(emb, paths, cfg.batch_size, cfg.threads), batches, "embed batches"):
+    work = embed_files(emb, paths, cfg.batch_size, cfg.threads, with_map=sink is not None)
+    for idx, feats, probs, failures, *fmap in track(work, batches, "embed batches"):
+        if sink is not None and idx:
+            sink.take([todo[i]["sha256"] for i in idx], fmap[0], emb)
         for i, reason in failures.items():
             rejected.append(dict(uri=todo[i]["uri"], sha256=todo[i]["sha256"], step="embed", rule="undecodable", reason=reason))
         for j, i in enumerate(idx):
@@ -92,6 +102,8 @@ def _embed_into(cache: PartCache[dict], key: str, cfg: Embed, layout: Layout, to
             cache.add({r["sha256"]: r for r in pending})
             pending = []
     cache.add({r["sha256"]: r for r in pending})
+    if sink is not None:
+        sink.flush()
     return rejected
 
 
@@ -142,7 +154,12 @@ def run(params: Params, layout: Layout, compute=None) -> dict:
         failed = {r["sha256"] for r in rejected}
         todo = [im for im in todo if im["sha256"] not in cache.rows and im["sha256"] not in failed]
     if todo:  # the model is loaded only when there is work for it
-        rejected += _embed_into(cache, key, cfg, layout, todo, emb)
+        from negset.embed import regions
+
+        sink = None
+        if cfg.regions > 0 and regions.method_for(cfg) == "map":
+            sink = regions.MapSink(params, layout, key, images_with_sizes(layout, {im["sha256"] for im in todo}))
+        rejected += _embed_into(cache, key, cfg, layout, todo, emb, sink)
     rows = [cache.rows[im["sha256"]] for im in images if im["sha256"] in cache.rows]
     dim = len(rows[0]["embedding"]) if rows else 0
     info = dict(identity, model_hash=key, dim=dim, torch=_version("torch"), timm=_version("timm"))
@@ -162,6 +179,12 @@ def run(params: Params, layout: Layout, compute=None) -> dict:
     )
     return dict(images=len(rows), embedded_now=embedded_now, rejected=len(rejected), dim=dim,
                 model=identity["model"], weights_sha256=identity["weights_sha256"])
+
+
+def images_with_sizes(layout: Layout, shas: set[str]) -> list[dict]:
+    """The ingest rows (sha256, role, width, height) of these images: what the region items need."""
+    rows = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "role", "width", "height"]).to_pylist()
+    return [r for r in rows if r["sha256"] in shas]
 
 
 def _version(package: str) -> str:
