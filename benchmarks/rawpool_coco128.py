@@ -1,6 +1,7 @@
 """Raw, unlabelled pools on COCO128: does the selection keep the target out of the negatives?
 
     python -m benchmarks.rawpool_coco128 [--coco128 DIR] [--targets dog,car,person] [--splits 10] [--keep DIR]
+        [--no-baseline] [--tiles-when always|unsure|weak] [--tiles 0]
 
 The setup of issue 16, per target and split (seeded): half of the photos that
 contain the target are the positives (labelled, YOLO); every other photo,
@@ -16,7 +17,9 @@ quarantined, and how the negatives were picked (quota vs fill; bands).
 
 Embeddings, region vectors, detections and pixel statistics are cached by
 image sha256 in one folder shared by every split, so only the first split
-pays for the models.
+pays for the models (with ``--keep DIR``, later runs into the same folder
+reuse them: compare ``--tiles-when unsure`` or ``--tiles 0`` with the shipped
+``weak`` at the cost of the detector alone).
 """
 
 from __future__ import annotations
@@ -179,8 +182,8 @@ def main(argv=None) -> None:
             f"{'recall':>6} {'worst':>5} {'by det':>6} {'others q.':>9} {'fill':>5} {'strata':>6} {'bands':>5} {'s/split':>7} {'detect s':>8} {'tiled':>5}")
     print(head)
     rows = []
-    shipped = "shipped (YOLOX-Nano)" if args.tiles_when is None and args.tiles is None else (
-        f"YOLOX-Nano, tiles {args.tiles if args.tiles is not None else 'shipped'}, {args.tiles_when or 'shipped'}")[:22]
+    shipped = ("shipped (YOLOX-Nano)" if args.tiles_when is None and args.tiles is None else "whole image only"
+               if args.tiles == 0 else f"tiles {args.tiles or 'as shipped'}, {args.tiles_when or 'shipped'}")
     settings = [(shipped, True)] + [("off (embeddings only)", False)] * (not args.no_baseline)
     for label, detector in settings:
         for target in args.targets.split(","):
