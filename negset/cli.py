@@ -290,7 +290,8 @@ def _run(args) -> dict:
         if args.command == "build":
             return flows_build.build(params_path=params_path, root=root)
         if args.command in ("embed", "detect") and (params.embed.dask_workers or params.embed.dask_address):
-            from flows import distributed  # detect reuses embed's cluster settings (flows/distributed.py says why)
+            # detect reuses embed's cluster settings (flows/distributed.py says why)
+            from flows import distributed
 
             run = distributed.embed_distributed if args.command == "embed" else distributed.detect_distributed
             return run(params_path=params_path, root=root)
