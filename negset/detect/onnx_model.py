@@ -290,7 +290,6 @@ class OnnxDetector:
         return dict(box=b, score=s, cls=c.astype(np.int32), tile=t)
 
 
-
 def deepest_tiles(windows: list[tuple[int, int, int, int]], points: np.ndarray) -> list[int]:
     """The tiles (indices into ``windows``; 0 is the whole image) that hold each point deepest: per point, the tile
     whose nearest edge is farthest from it, so a small object there lies inside the tile rather than cut by it."""
