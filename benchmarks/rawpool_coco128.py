@@ -1,6 +1,7 @@
 """Raw, unlabelled pools on COCO128: does the selection keep the target out of the negatives?
 
     python -m benchmarks.rawpool_coco128 [--coco128 DIR] [--targets dog,car,person] [--splits 10] [--keep DIR]
+        [--no-baseline] [--tiles-when always|unsure|weak] [--tiles 0]
 
 The setup of issue 16, per target and split (seeded): half of the photos that
 contain the target are the positives (labelled, YOLO); every other photo,
@@ -16,7 +17,9 @@ quarantined, and how the negatives were picked (quota vs fill; bands).
 
 Embeddings, region vectors, detections and pixel statistics are cached by
 image sha256 in one folder shared by every split, so only the first split
-pays for the models.
+pays for the models (with ``--keep DIR``, later runs into the same folder
+reuse them: compare ``--tiles-when unsure`` or ``--tiles 0`` with the shipped
+``weak`` at the cost of the detector alone).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def make_project(root: Path, coco128: Path, labels: dict[str, set[str]], target: str, seed: int,
-                 detector: bool, cache: Path, tiles_when: str | None = None) -> dict:
+                 detector: bool, cache: Path, tiles_when: str | None = None, tiles: int | None = None) -> dict:
     """A project folder for one split: positives (images + YOLO labels) and the unlabelled pool; params.yaml."""
     positives, hidden = split_of(labels, target, seed)
     shutil.rmtree(root, ignore_errors=True)  # a fresh project (the caches live outside it)
@@ -85,9 +88,9 @@ def make_project(root: Path, coco128: Path, labels: dict[str, set[str]], target:
     params["select"].update(count=None, ratio=2)
     if not detector:
         params["detect"]["sources"] = []
-    elif tiles_when:
+    else:
         for src in params["detect"]["sources"]:
-            src["tiles_when"] = tiles_when
+            src.update({k: v for k, v in (("tiles_when", tiles_when), ("tiles", tiles)) if v is not None})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "data" / "cache").mkdir(parents=True, exist_ok=True)
     for name in SHARED_CACHES:  # keyed by image sha256 + model: the same for every split
@@ -141,9 +144,9 @@ def measure(root: Path, labels: dict[str, set[str]], target: str, split: dict) -
 
 
 def run_split(work: Path, coco128: Path, labels, target: str, seed: int, detector: bool, cache: Path,
-              tiles_when: str | None = None) -> dict:
+              tiles_when: str | None = None, tiles: int | None = None) -> dict:
     root = work / f"{target}-{seed}-{'det' if detector else 'nodet'}"
-    split = make_project(root, coco128, labels, target, seed, detector, cache, tiles_when)
+    split = make_project(root, coco128, labels, target, seed, detector, cache, tiles_when, tiles)
     summary = build(root)
     out = measure(root, labels, target, split)
     out["warnings"] = summary["select"].get("warnings", [])
@@ -161,8 +164,9 @@ def main(argv=None) -> None:
     ap.add_argument("--splits", type=int, default=10)
     ap.add_argument("--keep", type=Path, default=None, help="build the split projects here and keep them")
     ap.add_argument("--no-baseline", action="store_true", help="skip the runs with the detector off")
-    ap.add_argument("--tiles-when", choices=["always", "unsure"], default=None,
-                    help="override detect.sources[].tiles_when of the shipped params (tiles only where the whole image is unsure)")
+    ap.add_argument("--tiles-when", choices=["always", "unsure", "weak"], default=None,
+                    help="override detect.sources[].tiles_when of the shipped params (README \"Detect\": where tiles pay)")
+    ap.add_argument("--tiles", type=int, default=None, help="override detect.sources[].tiles (0: whole image only)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     if not (args.coco128 / "images").is_dir():
@@ -178,12 +182,14 @@ def main(argv=None) -> None:
             f"{'recall':>6} {'worst':>5} {'by det':>6} {'others q.':>9} {'fill':>5} {'strata':>6} {'bands':>5} {'s/split':>7} {'detect s':>8} {'tiled':>5}")
     print(head)
     rows = []
-    settings = [("shipped (YOLOX-Nano)", True)] + [("off (embeddings only)", False)] * (not args.no_baseline)
+    shipped = ("shipped (YOLOX-Nano)" if args.tiles_when is None and args.tiles is None else "whole image only"
+               if args.tiles == 0 else f"tiles {args.tiles or 'as shipped'}, {args.tiles_when or 'shipped'}")
+    settings = [(shipped, True)] + [("off (embeddings only)", False)] * (not args.no_baseline)
     for label, detector in settings:
         for target in args.targets.split(","):
             res, start = [], time.perf_counter()
             for seed in range(args.splits):
-                res.append(run_split(work, args.coco128, labels, target, seed, detector, cache, args.tiles_when))
+                res.append(run_split(work, args.coco128, labels, target, seed, detector, cache, args.tiles_when, args.tiles))
             per = (time.perf_counter() - start) / args.splits
             chosen = np.mean([r["chosen"] for r in res])
             bad = [r["contaminated"] for r in res]

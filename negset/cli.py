@@ -289,10 +289,12 @@ def _run(args) -> dict:
     with project_lock(Path(root) / "data", f"negset {args.command}"):  # held across all steps of a build
         if args.command == "build":
             return flows_build.build(params_path=params_path, root=root)
-        if args.command == "embed" and (params.embed.dask_workers or params.embed.dask_address):
-            from flows.distributed import embed_distributed
+        if args.command in ("embed", "detect") and (params.embed.dask_workers or params.embed.dask_address):
+            # detect reuses embed's cluster settings (flows/distributed.py says why)
+            from flows import distributed
 
-            return embed_distributed(params_path=params_path, root=root)
+            run = distributed.embed_distributed if args.command == "embed" else distributed.detect_distributed
+            return run(params_path=params_path, root=root)
         return flows_build.stage(step=args.command, params_path=params_path, root=root)
 
 

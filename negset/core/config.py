@@ -274,9 +274,18 @@ class DetectSource(_Section):
     )
     tiles: int = Field(0, ge=0, le=4, description="also run on a G x G grid of overlapping crops (small objects); 0 = whole image only")
     tile_overlap: float = Field(0.3, ge=0, lt=0.9, description="share of each tile shared with its neighbour")
-    tiles_when: Literal["always", "unsure"] = Field(
-        "always", description="always: tiles on every image; unsure: only where the whole image does not already show "
-        "the target at or above detect.calibration.ceiling (the target decision is the same; fewer model passes)",
+    tiles_when: Literal["always", "unsure", "weak"] = Field(
+        "weak", description="always: tiles on every image; unsure: only where the whole image does not already show "
+        "the target at or above detect.calibration.ceiling (the target decision is the same; fewer model passes); "
+        "weak: as unsure, and only where the whole image has a raw target score at or above tile_probe, and only "
+        "the tiles holding that signal (README \"Detect\": where tiles pay)",
+    )
+    tile_probe: float = Field(
+        0.01, ge=0, le=1, description="tiles_when weak: the raw target score (before min_score) on the whole image "
+        "that earns an image its tiles; the tiles that hold an anchor at or above it run",
+    )
+    tile_size: int | None = Field(
+        None, ge=32, le=4096, description="square input side of the tiles (a smaller side costs less); default: input_size",
     )
     min_score: float = Field(0.05, ge=0, le=1, description="detections scoring under this are dropped (weak ones are evidence too)")
     iou: float = Field(0.45, gt=0, le=1, description="per-class non-maximum suppression IoU")

@@ -111,18 +111,51 @@ class OnnxDetector:
         self.scale = src.scale if src.scale is not None else (1.0 if yolox else 1.0 / 255.0)
         self.mean = np.asarray(src.mean, np.float32) if src.mean else None
         self.std = np.asarray(src.std, np.float32) if src.std else None
-        if yolox and src.grid_decode:
-            self.grid = self._grid(probe.shape[1])
+        self.grids = {self.size: self._grid(probe.shape[1], self.size)} if yolox and src.grid_decode else {}
+        self.tile_size = src.tile_size or self.size
+        self.tile_session = self.session
+        if src.tiles > 0 and self.tile_size != self.size:
+            self.tile_session = self._tile_session(data, options, dims)
+            if yolox and src.grid_decode:
+                shape = self.tile_session.run(None, {self.input_name: np.zeros((1, 3, self.tile_size, self.tile_size), np.float32)})[0].shape
+                self.grids[self.tile_size] = self._grid(shape[1], self.tile_size)
         self.windows_per_image = len(tile_windows(100, 100, src.tiles, src.tile_overlap))
         self.conclusive: tuple[tuple[int, ...], float] | None = None  # (target class ids, score): tiles_when unsure
+        self.weak: tuple[tuple[int, ...], float] | None = None  # (target class ids, probe): tiles_when weak
         self.tiled = 0  # images the tiles ran on (this session)
+        self.tile_passes = 0  # tiles run (this session)
 
-    def tile_only_when_unsure(self, target_names: set[str], score: float, normalise) -> None:
-        """``tiles_when: unsure``: skip the tiles of an image whose whole-image pass shows one of these classes at
-        or above ``score`` (no threshold can be higher, so the target decision cannot change)."""
-        if self.src.tiles_when == "unsure" and self.src.tiles > 0:
-            ids = tuple(i for i, n in enumerate(self.names) if normalise(n) in target_names)
-            self.conclusive = (ids, float(score)) if ids else None
+    def _tile_session(self, data: bytes, options, dims: list):
+        """A session that takes the tiles' input side: the model's fixed input (and output) sides made free."""
+        import onnx
+        import onnxruntime as ort
+
+        if all(not isinstance(d, int) for d in dims[2:]):
+            return self.session
+        model = onnx.load_from_string(data)
+        free = [d for d in model.graph.input[0].type.tensor_type.shape.dim][2:]  # height, width
+        free += [d for out in model.graph.output for d in out.type.tensor_type.shape.dim]  # the anchors follow the side
+        for i, dim in enumerate(free):
+            dim.ClearField("dim_value")
+            dim.dim_param = f"free{i}"
+        try:
+            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise NegsetError(f"{self.path}: takes no tile_size {self.tile_size} input ({str(exc).splitlines()[0][:200]})",
+                              hint="leave tile_size unset (tiles at the model's input size)") from None
+
+    def plan_tiles(self, target_names: set[str], score: float, normalise) -> None:
+        """``tiles_when: unsure`` (and ``weak``): skip the tiles of an image whose whole-image pass shows one of
+        these classes at or above ``score`` (no threshold can be higher, so the target decision cannot change).
+        ``weak``: besides, tile only where the whole image's raw target score reaches ``tile_probe``, and only the
+        tiles holding such an anchor's centre; a model without a target class gets no tiles (they cannot
+        change the target decision)."""
+        if self.src.tiles_when == "always" or self.src.tiles == 0:
+            return
+        ids = tuple(i for i, n in enumerate(self.names) if normalise(n) in target_names)
+        self.conclusive = (ids, float(score)) if ids else None
+        if self.src.tiles_when == "weak":
+            self.weak = (ids, float(self.src.tile_probe))
 
     def _names(self, meta: dict, root: Path) -> list[str] | None:
         if self.src.classes:
@@ -132,16 +165,16 @@ class OnnxDetector:
             names = read_class_names(MODELS / BUILTIN[self.src.model.removeprefix("builtin:")][1])
         return names
 
-    def _grid(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _grid(self, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         cells, strides = [], []
         for s in YOLOX_STRIDES:
-            g = self.size // s
+            g = size // s
             ys, xs = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
             cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
             strides.append(np.full(g * g, s))
         cell, stride = np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32)
         if len(cell) != n:
-            raise NegsetError(f"{self.path}: {n} YOLOX anchors, but strides 8/16/32 at {self.size} px give {len(cell)}",
+            raise NegsetError(f"{self.path}: {n} YOLOX anchors, but strides 8/16/32 at {size} px give {len(cell)}",
                               hint="set grid_decode: false when the export decodes boxes itself, or the right input_size")
         return cell, stride[:, None]
 
@@ -152,7 +185,9 @@ class OnnxDetector:
                     bgr=self.bgr, scale=self.scale, mean=s.mean, std=s.std, pad=s.pad_value, grid_decode=s.grid_decode,
                     tiles=s.tiles, tile_overlap=s.tile_overlap, min_score=s.min_score, iou=s.iou,
                     max_detections=s.max_detections, names=self.names, version=1,
-                    **({"tiles_unless": [list(self.conclusive[0]), self.conclusive[1]]} if self.conclusive else {}))
+                    **({"tiles_unless": [list(self.conclusive[0]), self.conclusive[1]]} if self.conclusive else {}),
+                    **({"tiles_weak": [list(self.weak[0]), self.weak[1]]} if self.weak else {}),
+                    **({"tile_size": self.tile_size} if s.tiles and self.tile_size != self.size else {}))
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:24]
@@ -160,11 +195,13 @@ class OnnxDetector:
     def decode_side(self) -> int:
         """The shorter side an image needs when decoded (tiles need more pixels than the whole image)."""
         s = self.src
-        share = 1.0 if s.tiles <= 1 else 1.0 / (s.tiles - (s.tiles - 1) * s.tile_overlap)
-        return math.ceil(self.size / share)
+        if s.tiles <= 1:
+            return self.size
+        share = 1.0 / (s.tiles - (s.tiles - 1) * s.tile_overlap)
+        return max(self.size, math.ceil(self.tile_size / share))
 
-    def _input(self, image) -> tuple[np.ndarray, float, float, float]:
-        canvas, r, dx, dy = letterbox(image, self.size, self.where, self.src.pad_value)
+    def _input(self, image, size: int) -> tuple[np.ndarray, float, float, float]:
+        canvas, r, dx, dy = letterbox(image, size, self.where, self.src.pad_value)
         if self.mean is not None or self.std is not None:
             x = canvas.astype(np.float32) * self.scale
             x = x - (self.mean if self.mean is not None else 0.0)
@@ -177,13 +214,13 @@ class OnnxDetector:
             out *= np.float32(self.scale)
         return out, r, dx, dy
 
-    def _raw(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _raw(self, out: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(xyxy boxes on the canvas, class scores) per anchor."""
         if self.layout == "yolox":
             rows = out[0]
             xy, wh = rows[:, :2], rows[:, 2:4]
             if self.src.grid_decode:
-                cell, stride = self.grid
+                cell, stride = self.grids[size]
                 xy = (xy + cell) * stride
                 wh = np.exp(np.clip(wh, -20, 20)) * stride
             scores = rows[:, 4:5] * rows[:, 5:]
@@ -193,10 +230,18 @@ class OnnxDetector:
         boxes = np.concatenate([xy - wh / 2, xy + wh / 2], axis=1)
         return boxes, scores
 
-    def _window(self, image, window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _window(self, image, window, tile: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(boxes in image pixels, scores, classes) found in ``window``, and on the whole image with ``tiles_when:
+        weak`` the centres (image pixels) of the anchors whose raw target score reaches ``tile_probe``."""
         crop = image if window[:2] == (0, 0) and window[2:] == image.size else image.crop(window)
-        x, r, dx, dy = self._input(crop)
-        boxes, scores = self._raw(self.session.run(None, {self.input_name: x})[0])
+        size, session = (self.tile_size, self.tile_session) if tile else (self.size, self.session)
+        x, r, dx, dy = self._input(crop, size)
+        boxes, scores = self._raw(session.run(None, {self.input_name: x})[0], size)
+        hot = None
+        if self.weak and not tile:
+            ids, probe = self.weak
+            signal = scores[:, list(ids)].max(axis=1) >= probe if ids else np.zeros(len(scores), bool)
+            hot = ((boxes[signal, :2] + boxes[signal, 2:]) / 2 - (dx, dy)) / r + window[:2]
         anchor, cls = np.nonzero(scores >= self.src.min_score)
         s = scores[anchor, cls]
         if len(s) > _MAX_CANDIDATES:
@@ -206,7 +251,16 @@ class OnnxDetector:
         b[:, [0, 2]] = (b[:, [0, 2]] - dx) / r + window[0]
         b[:, [1, 3]] = (b[:, [1, 3]] - dy) / r + window[1]
         keep = nms_per_class(b, s, cls, self.src.iou, self.src.max_detections)
-        return b[keep], s[keep].astype(np.float64), cls[keep]
+        return b[keep], s[keep].astype(np.float64), cls[keep], hot
+
+    def _tiles_to_run(self, windows: list, found, hot: np.ndarray | None) -> list[int]:
+        """Which tiles (indices into ``windows``) this image gets after its whole-image pass."""
+        _, s, c = found
+        if self.conclusive and np.any(np.isin(c, self.conclusive[0]) & (s >= self.conclusive[1])):
+            return []  # the whole image already shows the target beyond any threshold: its tiles cannot change that
+        if hot is None:
+            return list(range(1, len(windows)))
+        return deepest_tiles(windows, hot)
 
     def detect(self, image, original: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
         """Detections on the whole image and its tiles, merged by per-class NMS, in ``original`` pixels.
@@ -215,17 +269,16 @@ class OnnxDetector:
         goes on beyond it; the whole image or a neighbouring tile holds it).
         """
         w, h = image.size
-        found = []
         windows = tile_windows(w, h, self.src.tiles, self.src.tile_overlap)
-        for t, window in enumerate(windows):
-            b, s, c = self._window(image, window)
-            if t:
-                keep = ~cut_by_tile(b, window, w, h)
-                b, s, c = b[keep], s[keep], c[keep]
-            found.append((b, s, c, np.full(len(s), t, np.int16)))
-            if t == 0 and self.conclusive and np.any(np.isin(c, self.conclusive[0]) & (s >= self.conclusive[1])):
-                break  # the whole image already shows the target beyond any threshold: its tiles cannot change that
-        self.tiled += len(found) > 1
+        b, s, c, hot = self._window(image, windows[0])
+        found = [(b, s, c, np.zeros(len(s), np.int16))]
+        tiles = self._tiles_to_run(windows, (b, s, c), hot) if len(windows) > 1 else []
+        for t in tiles:
+            b, s, c, _ = self._window(image, windows[t], tile=True)
+            keep = ~cut_by_tile(b, windows[t], w, h)
+            found.append((b[keep], s[keep], c[keep], np.full(int(keep.sum()), t, np.int16)))
+        self.tiled += bool(tiles)
+        self.tile_passes += len(tiles)
         b = np.concatenate([f[0] for f in found]) if found else np.zeros((0, 4))
         s, c, t = (np.concatenate([f[i] for f in found]) for i in (1, 2, 3))
         keep = nms_per_class(b, s, c, self.src.iou, self.src.max_detections)
@@ -235,3 +288,14 @@ class OnnxDetector:
         if original is not None and original != (w, h):
             b = b * np.array([original[0] / w, original[1] / h] * 2)
         return dict(box=b, score=s, cls=c.astype(np.int32), tile=t)
+
+
+def deepest_tiles(windows: list[tuple[int, int, int, int]], points: np.ndarray) -> list[int]:
+    """The tiles (indices into ``windows``; 0 is the whole image) that hold each point deepest: per point, the tile
+    whose nearest edge is farthest from it, so a small object there lies inside the tile rather than cut by it."""
+    if not len(points):
+        return []
+    tiles = np.asarray(windows[1:], np.float64)
+    x, y = points[:, :1], points[:, 1:2]
+    depth = np.minimum.reduce([x - tiles[:, 0], tiles[:, 2] - x, y - tiles[:, 1], tiles[:, 3] - y])
+    return sorted({int(t) + 1 for t in np.argmax(depth, axis=1)})

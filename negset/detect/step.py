@@ -63,14 +63,14 @@ def target_classes(params: Params) -> set[str]:
     return targets | mapped
 
 
-def _run_detector(det, layout: Layout, images: list[dict], every: int) -> tuple[list[dict], list[dict], dict]:
-    """Detections of one ONNX detector on every image (cached), rejected images, and timing."""
-    cache = row_cache(layout.data / "cache" / "detect" / det.key())
-    todo = [im for im in images if fields(cache, im["sha256"], _CACHE_KEYS) is None]
-    log.info("detect %s: %d images, %d cached, %d to run (%s layout, %d px, %d window(s) per image)",
-             det.src.label, len(images), len(images) - len(todo), len(todo), det.layout, det.size, det.windows_per_image)
+def _detector_cache(det, layout: Layout):
+    return row_cache(layout.data / "cache" / "detect" / det.key())
+
+
+def _fill_cache(det, layout: Layout, todo: list[dict], every: int) -> list[dict]:
+    """Run the detector on ``todo`` into its cache (written every ``every`` images); the images it could not decode."""
+    cache = _detector_cache(det, layout)
     rejected, pending = [], {}
-    start, cpu = time.monotonic(), time.process_time()
     side = det.decode_side()
     for im in track(todo, len(todo), f"detect {det.src.label}"):
         try:
@@ -86,13 +86,39 @@ def _run_detector(det, layout: Layout, images: list[dict], every: int) -> tuple[
             cache.add(pending)
             pending = {}
     cache.add(pending)
+    return rejected
+
+
+def _run_detector(det, layout: Layout, images: list[dict], every: int, compute=None) -> tuple[list[dict], list[dict], dict]:
+    """Detections of one ONNX detector on every image (cached), rejected images, and timing.
+
+    ``compute(source label, sha256s) -> rejected rows`` may run the new images elsewhere (``flows/distributed.py``)
+    as long as it fills the same cache; what it leaves undone runs here.
+    """
+    cache = _detector_cache(det, layout)
+    todo = [im for im in images if fields(cache, im["sha256"], _CACHE_KEYS) is None]
+    log.info("detect %s: %d images, %d cached, %d to run (%s layout, %d px, %d window(s) per image)",
+             det.src.label, len(images), len(images) - len(todo), len(todo), det.layout, det.size, det.windows_per_image)
+    start, cpu, cached = time.monotonic(), time.process_time(), len(images) - len(todo)
+    rejected, elsewhere = [], 0
+    if todo and compute is not None:
+        rejected = compute(det.src.label, [im["sha256"] for im in todo])
+        cache, failed = _detector_cache(det, layout), {r["sha256"] for r in rejected}
+        left = [im for im in todo if im["sha256"] not in failed and fields(cache, im["sha256"], _CACHE_KEYS) is None]
+        elsewhere = len(todo) - len(left) - len(rejected)
+        todo = left
+    here = _fill_cache(det, layout, todo, every)
+    rejected += here
+    cache = _detector_cache(det, layout)
     elapsed, cpu = time.monotonic() - start, time.process_time() - cpu
-    ran = len(todo) - len(rejected)
-    # cpu_seconds: every thread of this process (decode, ONNX Runtime): steadier than the wall clock on a busy machine
-    timing = dict(images=len(images), cached=len(images) - len(todo), ran=ran, seconds=round(elapsed, 2),
+    ran = len(todo) - len(here) + elsewhere
+    # cpu_seconds: every thread of this process (decode, ONNX Runtime): steadier than the wall clock on a busy machine;
+    # tiled, tile_passes: images the tiles ran on and tiles run in this process
+    timing = dict(images=len(images), cached=cached, ran=ran, seconds=round(elapsed, 2),
                   cpu_seconds=round(cpu, 2),
                   images_per_s=round(ran / elapsed, 2) if ran and elapsed > 0 else None,
-                  tiled=det.tiled if det.src.tiles else 0)
+                  tiled=det.tiled if det.src.tiles else 0, tile_passes=det.tile_passes if det.src.tiles else 0,
+                  **({"distributed": elsewhere} if compute is not None else {}))
     rows = []
     for im in images:
         hit = fields(cache, im["sha256"], _CACHE_KEYS)
@@ -144,21 +170,47 @@ def _default_coco(params: Params, layout: Layout) -> Path | None:
     return (layout.root / pos.path).resolve() if pos.format == "coco" else None
 
 
-def run(params: Params, layout: Layout) -> dict:
-    """Detect on every ingested image, calibrate each source, write detections, evidence and calibration."""
+def _images(layout: Layout) -> list[dict]:
+    return pq.read_table(layout.ingest / "images.parquet",
+                         columns=["sha256", "uri", "role", "labelled", "width", "height"]).to_pylist()
+
+
+def _detector(src: DetectSource, params: Params, layout: Layout):
+    """The source's ONNX detector, its tiles planned for the target (before the cache key is taken)."""
     from negset.detect.onnx_model import OnnxDetector
 
+    det = OnnxDetector(src, layout.root)
+    cal = params.detect.calibration
+    det.plan_tiles(target_classes(params), cal.threshold if cal.threshold is not None else cal.ceiling, normalise)
+    if det.weak and not det.weak[0]:
+        log.info("detect %s: tiles_when weak, and no target class among the model's classes: whole image only", src.label)
+    return det
+
+
+def detect_shard(params: Params, layout: Layout, label: str, shas: list[str]) -> list[dict]:
+    """Run the detector source ``label`` on a shard of images into the shared cache (a distributed worker's unit of
+    work); the rejected rows."""
+    src = next(s for s in params.detect.sources if s.label == label and s.model)
+    wanted = set(shas)
+    det = _detector(src, params, layout)
+    cache = _detector_cache(det, layout)
+    todo = [im for im in _images(layout) if im["sha256"] in wanted and fields(cache, im["sha256"], _CACHE_KEYS) is None]
+    return _fill_cache(det, layout, todo, params.detect.checkpoint_every)
+
+
+def run(params: Params, layout: Layout, compute=None) -> dict:
+    """Detect on every ingested image, calibrate each source, write detections, evidence and calibration.
+
+    ``compute(source label, sha256s) -> rejected rows`` may run a detector's new images elsewhere (see
+    ``flows/distributed.py``), filling the same cache.
+    """
     cfg = params.detect
-    images = pq.read_table(layout.ingest / "images.parquet",
-                           columns=["sha256", "uri", "role", "labelled", "width", "height"]).to_pylist()
+    images = _images(layout)
     targets = target_classes(params)
     # read and check every source before any long work: a mistake costs seconds, not a detector run
     predicted = {s.label: read_predictions(s, layout.root, _default_coco(params, layout), images)
                  for s in cfg.sources if s.predictions}
-    detectors = {s.label: OnnxDetector(s, layout.root) for s in cfg.sources if s.model}
-    for det in detectors.values():  # tiles_when: unsure (before the cache key is taken)
-        det.tile_only_when_unsure(targets, cfg.calibration.threshold if cfg.calibration.threshold is not None
-                                  else cfg.calibration.ceiling, normalise)
+    detectors = {s.label: _detector(s, params, layout) for s in cfg.sources if s.model}
     found: dict[str, list[dict]] = {}
     rejected: list[dict] = []
     timing: dict[str, dict] = {}
@@ -166,7 +218,8 @@ def run(params: Params, layout: Layout) -> dict:
         if src.predictions:
             found[src.label] = predicted[src.label]
         else:
-            found[src.label], bad, timing[src.label] = _run_detector(detectors[src.label], layout, images, cfg.checkpoint_every)
+            found[src.label], bad, timing[src.label] = _run_detector(detectors[src.label], layout, images,
+                                                                     cfg.checkpoint_every, compute)
             rejected += [r for r in bad if r["sha256"] not in {x["sha256"] for x in rejected}]
     confusers = {normalise(c) for c in cfg.confusers} - targets
     calibration, strongest_target, strongest_confuser = {}, {}, {}
