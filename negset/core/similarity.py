@@ -19,8 +19,9 @@ functions pick the kernel by the size of the product:
 top-k similarity to the positives: up to ``INDEX_ABOVE`` (candidates x
 positives) it is :func:`similarity_to_positives`, exact; above, a
 :class:`PositiveIndex` (spherical k-means lists over the positives, each
-candidate scored in bfloat16 against the positives of its ``nprobe`` nearest
-lists only: about ``PROBE_SHARE`` of the products) answers, and a seeded
+candidate scored in float32 against the positives of its ``nprobe`` nearest
+lists only: about ``PROBE_SHARE`` of the products, so a top-k is the exact
+top-k of a subset, never above the exact value) answers, and a seeded
 sample of rows is scored exactly too, so the :class:`Estimate` knows its own
 error (recall of the top-k, largest error of the top-k mean and of the
 nearest similarity). The selection then re-scores exactly (float32, all
@@ -40,8 +41,8 @@ EXACT_BELOW = 5e8  # candidates x positives under this: exact float32 similariti
 EXACT_PAIRS_BELOW = 1e7  # pool x pool / positives x positives products under this: float32
 RECHECK_MARGIN = 0.02  # approximate (bfloat16) similarities this close to a threshold are recomputed
 INDEX_ABOVE = EXACT_BELOW  # candidates x positives over this: estimate_similarity approximates (index or bfloat16)
-INDEX_MIN_POSITIVES = 512  # fewer positives: brute-force bfloat16 instead of an index
-LIST_SIZE = 256  # positives per inverted list (about): big enough for efficient bfloat16 products
+INDEX_MIN_POSITIVES = 512  # fewer positives (or index=False): brute-force bfloat16 instead of an index
+LIST_SIZE = 256  # positives per inverted list (about): products of this width run near the float32 peak
 PROBE_SHARE = 0.05  # share of the lists each candidate is scored against (at least MIN_PROBE lists)
 MIN_PROBE = 2
 SAMPLE_ROWS = 2000  # rows of an approximate estimate scored exactly too, to measure its error
@@ -465,13 +466,12 @@ def estimate_similarity(C, P: np.ndarray, k: int = 5, approx_above: float = INDE
         topk, best, arg = similarity_to_positives(C, P, k, exact=False)
         idx, method, lower, floor = None, "brute force, bfloat16", False, MARGIN_FLOOR
     rows = np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
-    at = at[rows]
-    st, sb, _ = exact_similarity(V, at, P, k)
+    sims = np.asarray(V[at[rows]], np.float32) @ np.ascontiguousarray(P, dtype=np.float32).T
+    want = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # the exact top-k positives of the sampled rows
+    vals = -np.sort(-np.take_along_axis(sims, want, axis=1), axis=1)
+    st, sb = vals.mean(axis=1, dtype=np.float32), vals[:, 0]
     recall = 1.0
-    if idx is not None:  # the exact top-k positives of the sampled rows, against the ones the index found
-        P32 = np.ascontiguousarray(P, dtype=np.float32)
-        sims = np.asarray(V[at], np.float32) @ P32.T
-        want = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    if idx is not None:  # against the ones the index found
         recall = float(np.mean([len(set(w) & set(g)) / k for w, g in zip(want.tolist(), idx[rows].tolist())]))
     return Estimate(topk, best, arg, method, exact=False, lower_bound=lower, floor=floor, sample=rows, sample_topk=st,
                     sample_best=sb, recall=recall)
