@@ -264,9 +264,10 @@ def spherical_kmeans(X: np.ndarray, lists: int, seed: int = 0, iters: int = 8) -
         for j in np.flatnonzero(counts == 0):
             far = int(np.argmin(got))
             assign[far], got[far] = j, 2.0
-        onehot = np.zeros((lists, len(X)), np.float32)
-        onehot[assign, np.arange(len(X))] = 1.0
-        cent = onehot @ X
+        order = np.argsort(assign, kind="stable")  # each list's rows contiguous: one block sum per list
+        ends = np.searchsorted(assign[order], np.arange(lists + 1))
+        Xo = X[order]
+        cent = np.stack([Xo[a:b].sum(axis=0) for a, b in zip(ends[:-1], ends[1:])])
         cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
     return cent, (X @ cent.T).argmax(axis=1)
 
