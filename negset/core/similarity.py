@@ -31,6 +31,7 @@ lies within :meth:`Estimate.margin` of a threshold, and every pick.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -304,7 +305,7 @@ class PositiveIndex:
         vals = np.empty((n, k), np.float32)
         idx = np.empty((n, k), np.int64)
         for start in range(0, n, chunk):
-            X = np.asarray(np.asarray(C[start : start + chunk]), dtype=np.float32)
+            X = _as_float32(np.asarray(C[start : start + chunk]))
             vals[start : start + len(X)], idx[start : start + len(X)] = self._search_block(X, k)
         return vals, idx
 
@@ -329,6 +330,16 @@ class PositiveIndex:
         found_v, found_i = found_v.reshape(m, probe * k), found_i.reshape(m, probe * k)
         top = np.argsort(-found_v, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(found_v, top, axis=1), self.members[np.take_along_axis(found_i, top, axis=1)]
+
+
+def _as_float32(block: np.ndarray) -> np.ndarray:
+    """A float32 copy of a block; float16 through torch, whose conversion runs on every core (the same values)."""
+    if block.dtype != np.float16:
+        return np.asarray(block, dtype=np.float32)
+    torch = _torch()
+    with warnings.catch_warnings():  # a read-only memory map: only read here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(block).float().numpy()
 
 
 def _top_k(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
