@@ -180,19 +180,6 @@ def similarity_to_positives(
     return topk, best, arg
 
 
-def exact_nearest(C: np.ndarray, P: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Exact float32 (max similarity, nearest positive) for the given rows of C."""
-    best = np.empty(len(rows), np.float32)
-    arg = np.empty(len(rows), np.int64)
-    P32 = np.ascontiguousarray(P, dtype=np.float32)
-    for start in range(0, len(rows), chunk):
-        r = rows[start : start + chunk]
-        s = np.asarray(C[r], dtype=np.float32) @ P32.T
-        arg[start : start + len(r)] = s.argmax(axis=1)
-        best[start : start + len(r)] = s.max(axis=1)
-    return best, arg
-
-
 def leave_one_out_similarity(P: np.ndarray, k: int = 5, chunk: int = 4096) -> np.ndarray:
     """Each positive's mean top-k cosine similarity to the *other* positives."""
     m = len(P)
