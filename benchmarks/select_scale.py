@@ -10,10 +10,18 @@ noise) make every rule of ``negset.select.step.choose`` work. Each part runs in
 its own process so its peak memory (ru_maxrss) is its own:
 
 1. generate the data (not timed);
-2. ``choose``: the real selection code path, timed, with its peak memory;
+2. ``choose``: the real selection code path, timed (wall and CPU seconds),
+   with its peak memory. At this size the scene similarity is approximate (an
+   inverted-file index over the positives, ``negset.core.similarity``): the
+   run prints the recall of its top-k against exact float32 on a random
+   sample of rows, the largest error of the top-k mean there, the margins
+   around the near-duplicate and quarantine thresholds inside which rows
+   were re-scored exactly, how many were, and the planted copies rejected;
 3. the naive baseline measured in the same run: the previous numpy float32
    top-k similarity (all vectors loaded as float32) on a slice of the pool,
-   extrapolated linearly to the full pool (running it whole takes minutes).
+   extrapolated linearly to the full pool (running it whole takes minutes);
+4. with ``--verify``: ``choose`` again with the exact float32 similarity for
+   every row (minutes at full size), and the decisions of both compared.
 """
 
 from __future__ import annotations
@@ -80,34 +88,57 @@ def load_pool(folder: Path, n_pos: int):
     )
 
 
-def run_choose(folder: Path, n_pos: int, count: int) -> dict:
+def run_choose(folder: Path, n_pos: int, count: int, exact: bool = False) -> dict:
     from negset.core.config import Select
     from negset.select.step import choose
 
     pool = load_pool(folder, n_pos)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    choice = choose(pool, Select(count=count), count)
+    choice = choose(pool, Select(count=count), count, **(dict(approx_above=float("inf")) if exact else {}))
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
     leaks = np.load(folder / "leaks.npy")
-    chosen = set(choice.rows.tolist())
+    status = choice.status
+    np.save(folder / f"status_{'exact' if exact else 'approx'}.npy", status.astype("U32"))
+    np.save(folder / f"picks_{'exact' if exact else 'approx'}.npy", choice.rows)
     rules: dict[str, int] = {}
-    for s in choice.status[choice.status != ""]:
+    for s in status[status != ""]:
         rules[s] = rules.get(s, 0) + 1
     return dict(
         wall_s=round(wall, 2),
+        cpu_s=round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2),
         peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         chosen=len(choice.rows),
         planted_leaks=len(leaks),
-        planted_leaks_rejected=int(np.isin(leaks, np.flatnonzero(choice.status == "near_duplicate")).sum()),
-        planted_leaks_chosen=len(chosen & set(leaks.tolist())),
+        planted_leaks_rejected=int((status[leaks] != "").sum()),
+        planted_leaks_near_duplicate=int((status[leaks] == "near_duplicate").sum()),
+        planted_leaks_target_label=int((status[leaks] == "target_label").sum()),
+        planted_leaks_chosen=len(set(choice.rows.tolist()) & set(leaks.tolist())),
         rejected_by_rule=rules,
         chosen_by_band={b: sum(p.band == b for p in choice.picks) for b in {p.band for p in choice.picks}},
         timings=choice.timings,
+        similarity=choice.evidence.similarity_report(),
     )
+
+
+def compare(folder: Path) -> dict:
+    """Decisions of the approximate run against the exact one: rows each rule took in one run and not the other."""
+    a, e = np.load(folder / "status_approx.npy"), np.load(folder / "status_exact.npy")
+    out = {}
+    for rule in ("near_duplicate", "quarantine"):
+        ra, re_ = a == rule, e == rule
+        out[rule] = dict(exact=int(re_.sum()), approximate=int(ra.sum()), only_exact=int((re_ & ~ra).sum()),
+                         only_approximate=int((ra & ~re_).sum()))
+    pa, pe = np.load(folder / "picks_approx.npy"), np.load(folder / "picks_exact.npy")
+    out["picks_in_both"] = len(set(pa.tolist()) & set(pe.tolist()))
+    out["picks"] = len(pe)
+    return out
 
 
 def run_naive(folder: Path, n_pos: int, rows: int, k: int = 5) -> dict:
     V = np.load(folder / "vectors.npy", mmap_mode="r")
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     P = np.asarray(V[:n_pos], np.float32)
     C = np.asarray(V[n_pos : n_pos + rows], np.float32)  # the naive path holds every vector as float32
@@ -117,7 +148,9 @@ def run_naive(folder: Path, n_pos: int, rows: int, k: int = 5) -> dict:
         out[start : start + 4096] = -np.partition(-sims, k - 1, axis=1)[:, :k].mean(axis=1)
     picks = np.random.default_rng(0).permutation(len(C))[:1000]
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
     return dict(rows=rows, wall_s=round(wall, 2), picks=len(picks),
+                cpu_s=round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2),
                 peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
 
 
@@ -135,7 +168,9 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=1280)
     p.add_argument("--count", type=int, default=10_000)
     p.add_argument("--naive-rows", type=int, default=20_000)
-    p.add_argument("--part", choices=["generate", "choose", "naive"], help=argparse.SUPPRESS)
+    p.add_argument("--verify", action="store_true", help="also choose with exact similarities and compare (slow)")
+    p.add_argument("--data", help="keep the generated data in this folder and reuse it when there (else a temporary one)")
+    p.add_argument("--part", choices=["generate", "choose", "exact", "naive"], help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.part:
@@ -143,8 +178,8 @@ def main() -> None:
         if a.part == "generate":
             generate(folder, a.candidates, a.positives, a.dim)
             out = {}
-        elif a.part == "choose":
-            out = run_choose(folder, a.positives, a.count)
+        elif a.part in ("choose", "exact"):
+            out = run_choose(folder, a.positives, a.count, exact=a.part == "exact")
         else:
             out = run_naive(folder, a.positives, min(a.naive_rows, a.candidates))
         print(json.dumps(out))
@@ -152,25 +187,53 @@ def main() -> None:
     common = ["--candidates", str(a.candidates), "--positives", str(a.positives), "--dim", str(a.dim),
               "--count", str(a.count), "--naive-rows", str(a.naive_rows)]
     with tempfile.TemporaryDirectory(prefix="negset-bench-") as tmp:
+        if a.data:
+            tmp = a.data
+            Path(tmp).mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        child(common + ["--part", "generate", "--folder", tmp])
+        if not (Path(tmp) / "leaks.npy").exists():
+            child(common + ["--part", "generate", "--folder", tmp])
         print(f"data: {a.candidates:,} candidates + {a.positives:,} positives x {a.dim} (float16 memmap), "
-              f"generated in {time.perf_counter() - t0:.0f} s")
+              f"ready in {time.perf_counter() - t0:.0f} s")
         res = child(common + ["--part", "choose", "--folder", tmp])
         naive = child(common + ["--part", "naive", "--folder", tmp])
+        if a.verify:
+            ex = child(common + ["--part", "exact", "--folder", tmp])
+            diff = compare(Path(tmp))
     scale = a.candidates / naive["rows"]
-    print(f"negset choose : {res['wall_s']:.1f} s wall, peak RSS {res['peak_rss_gb']:.2f} GB, "
+    naive_s = naive["wall_s"] * scale
+    simr = res["similarity"]
+    print(f"negset choose : {res['wall_s']:.1f} s wall ({res['cpu_s']:.1f} CPU s), peak RSS {res['peak_rss_gb']:.2f} GB, "
           f"{res['chosen']:,} negatives chosen")
-    print(f"  planted near-copies of positives: {res['planted_leaks']}, rejected as near_duplicate "
-          f"{res['planted_leaks_rejected']}, chosen {res['planted_leaks_chosen']}")
+    print(f"  scene similarity: {simr['method']}")
+    if not simr["exact"]:
+        print(f"  approximate top-5 vs exact float32 on {simr['sample']:,} random rows: recall {simr['recall']:.3f}, "
+              f"largest error of the top-k mean {simr['max_error_topk']:.4f}, of the nearest similarity "
+              f"{simr['max_error_best']:.4f}")
+        for cause, m in simr["margins"].items():
+            print(f"  {cause}: threshold {m['threshold']:.4f}, rows estimated within {m['below']:.4f} under it "
+                  f"(or {m['above']:.5f} over) re-scored exactly")
+        print(f"  re-scored exactly (float32, all dimensions, all positives): {simr['rescored']}; "
+              f"{simr['exact_rows']:,} of {simr['candidates']:,} candidates exact in the end")
+    print(f"  planted near-copies of positives: {res['planted_leaks']}, rejected {res['planted_leaks_rejected']} / "
+          f"{res['planted_leaks']} (near_duplicate {res['planted_leaks_near_duplicate']}, target_label first "
+          f"{res['planted_leaks_target_label']}), chosen {res['planted_leaks_chosen']}")
     print(f"  rejected by rule: {res['rejected_by_rule']}")
     print(f"  chosen by band: {res['chosen_by_band']}")
     print(f"  seconds by phase: {res['timings']}")
     print(f"naive baseline: numpy float32 top-k similarity only, {naive['rows']:,} candidates in "
-          f"{naive['wall_s']:.1f} s (peak RSS {naive['peak_rss_gb']:.2f} GB) -> about "
-          f"{naive['wall_s'] * scale:.0f} s and {(a.candidates + a.positives) * a.dim * 4 / 2**30:.1f} GB of float32 "
-          f"vectors for {a.candidates:,}")
-    print(f"speed-up over the naive similarity alone: {naive['wall_s'] * scale / res['wall_s']:.1f}x")
+          f"{naive['wall_s']:.1f} s ({naive['cpu_s']:.1f} CPU s, peak RSS {naive['peak_rss_gb']:.2f} GB) -> about "
+          f"{naive_s:.0f} s ({naive['cpu_s'] * scale:.0f} CPU s) and "
+          f"{(a.candidates + a.positives) * a.dim * 4 / 2**30:.1f} GB of float32 vectors for {a.candidates:,}")
+    print(f"speed-up over the naive similarity alone: {naive_s / res['wall_s']:.1f}x wall-clock, "
+          f"{naive['cpu_s'] * scale / res['cpu_s']:.1f}x CPU time")
+    if a.verify:
+        print(f"exact float32 choose: {ex['wall_s']:.1f} s wall ({ex['cpu_s']:.1f} CPU s), peak RSS {ex['peak_rss_gb']:.2f} GB")
+        for rule in ("near_duplicate", "quarantine"):
+            d = diff[rule]
+            print(f"  {rule}: exact {d['exact']:,}, approximate {d['approximate']:,}; only in exact {d['only_exact']}, "
+                  f"only in approximate {d['only_approximate']}")
+        print(f"  picks in both runs: {diff['picks_in_both']:,} of {diff['picks']:,}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Cosine-similarity kernels: NumPy float32 for small products, torch (float32 or bfloat16) for large ones.
+"""Cosine-similarity kernels: NumPy float32 for small products, torch (float32 or bfloat16) for large ones,
+an inverted-file index over the positives for the largest.
 
 Rows are unit vectors, so a dot product is a cosine similarity. The public
 functions pick the kernel by the size of the product:
@@ -13,9 +14,25 @@ functions pick the kernel by the size of the product:
   or ``EXACT_PAIRS_BELOW`` (pool x pool), else bfloat16 (AMX/AVX-512 where the
   CPU has them); decisions that bfloat16 could get wrong near a threshold are
   recomputed in float32 (``RECHECK_MARGIN``).
+
+:func:`estimate_similarity` is what the selection calls for the candidates'
+top-k similarity to the positives: up to ``INDEX_ABOVE`` (candidates x
+positives) it is :func:`similarity_to_positives`, exact; above, a
+:class:`PositiveIndex` (spherical k-means lists over the positives, each
+candidate scored in float32 against the positives of its ``nprobe`` nearest
+lists only: about ``PROBE_SHARE`` of the products, so a top-k is the exact
+top-k of a subset, never above the exact value) answers, and a seeded
+sample of rows is scored exactly too, so the :class:`Estimate` knows its own
+error (recall of the top-k, largest error of the top-k mean and of the
+nearest similarity). The selection then re-scores exactly (float32, all
+dimensions, all positives: :func:`exact_similarity`) every row whose decision
+lies within :meth:`Estimate.margin` of a threshold, and every pick.
 """
 
 from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +41,17 @@ NUMPY_BELOW = 3e7
 EXACT_BELOW = 5e8  # candidates x positives under this: exact float32 similarities
 EXACT_PAIRS_BELOW = 1e7  # pool x pool / positives x positives products under this: float32
 RECHECK_MARGIN = 0.02  # approximate (bfloat16) similarities this close to a threshold are recomputed
+INDEX_ABOVE = EXACT_BELOW  # candidates x positives over this: estimate_similarity approximates (index or bfloat16)
+INDEX_MIN_POSITIVES = 512  # fewer positives (or index=False): brute-force bfloat16 instead of an index
+LIST_SIZE = 256  # positives per inverted list (about): products of this width run near the float32 peak
+PROBE_SHARE = 0.05  # share of the lists each candidate is scored against (at least MIN_PROBE lists)
+MIN_PROBE = 2
+SAMPLE_ROWS = 2000  # rows of an approximate estimate scored exactly too, to measure its error
+MARGIN_SAFETY = 2.0  # a decision is re-scored when within this x the sampled error (+ MARGIN_FLOOR) of its threshold
+MARGIN_FLOOR = 0.002  # bfloat16 estimates: at least this (it rounds a similarity in [0.5, 1) by up to 2^-9)
+INDEX_FLOOR = 0.001  # index estimates (float32): at least this, for what the sample did not see
+FLOAT_SLACK = 1e-5  # float32 sums of the same products in another order differ by less
+MARGIN_WINDOW_MIN = 30  # sampled rows near a threshold needed to measure the error there (else: the largest error)
 
 
 def _torch():
@@ -141,25 +169,15 @@ def similarity_to_positives(
                 block = block.astype(np.float32)
             block = torch.from_numpy(np.ascontiguousarray(block)).to(dtype)
             sims = block @ Pt.T
-            vals, idx = torch.topk(sims, k, dim=1)
+            if k == 1:  # the same value and index as topk, several times faster
+                vals, idx = sims.max(dim=1, keepdim=True)
+            else:
+                vals, idx = torch.topk(sims, k, dim=1)
             vals = vals.float()
             topk[start : start + len(block)] = vals.mean(dim=1).numpy()
             best[start : start + len(block)] = vals[:, 0].numpy()
             arg[start : start + len(block)] = idx[:, 0].numpy()
     return topk, best, arg
-
-
-def exact_nearest(C: np.ndarray, P: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Exact float32 (max similarity, nearest positive) for the given rows of C."""
-    best = np.empty(len(rows), np.float32)
-    arg = np.empty(len(rows), np.int64)
-    P32 = np.ascontiguousarray(P, dtype=np.float32)
-    for start in range(0, len(rows), chunk):
-        r = rows[start : start + chunk]
-        s = np.asarray(C[r], dtype=np.float32) @ P32.T
-        arg[start : start + len(r)] = s.argmax(axis=1)
-        best[start : start + len(r)] = s.max(axis=1)
-    return best, arg
 
 
 def leave_one_out_similarity(P: np.ndarray, k: int = 5, chunk: int = 4096) -> np.ndarray:
@@ -212,3 +230,247 @@ def near_duplicate_groups(V: np.ndarray, order: np.ndarray, threshold: float, ch
                 if c < r:
                     neighbours.setdefault(int(r), []).append(int(c))
     return keep_from_neighbours(keep_of, neighbours, X, threshold)
+
+
+# ---------------------------------------------------------------- approximate top-k: inverted lists over the positives
+
+
+def spherical_kmeans(X: np.ndarray, lists: int, seed: int = 0, iters: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(unit centroids, list of each row): Lloyd iterations on cosine similarity, seeded first centroids.
+
+    An emptied list takes the row farthest from its centroid, so every list
+    keeps members.
+    """
+    rng = np.random.default_rng(seed)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    cent = X[np.sort(rng.choice(len(X), lists, replace=False))].copy()
+    for _ in range(iters):
+        sims = X @ cent.T
+        assign = sims.argmax(axis=1)
+        got = sims[np.arange(len(X)), assign]
+        counts = np.bincount(assign, minlength=lists)
+        for j in np.flatnonzero(counts == 0):
+            far = int(np.argmin(got))
+            assign[far], got[far] = j, 2.0
+        order = np.argsort(assign, kind="stable")  # each list's rows contiguous: one block sum per list
+        ends = np.searchsorted(assign[order], np.arange(lists + 1))
+        Xo = X[order]
+        cent = np.stack([Xo[a:b].sum(axis=0) for a, b in zip(ends[:-1], ends[1:])])
+        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    return cent, (X @ cent.T).argmax(axis=1)
+
+
+class PositiveIndex:
+    """Inverted lists over the positives: each candidate is scored against the positives of its nearest lists only.
+
+    Scores are float32 products (the same as the exact kernels' up to the
+    order of summation), so an estimated top-k is the exact top-k of a subset
+    of the positives: never above the exact value. What it misses is measured
+    by :func:`estimate_similarity` on a sample.
+    """
+
+    def __init__(self, P: np.ndarray, seed: int = 0, list_size: int = LIST_SIZE, probe_share: float = PROBE_SHARE):
+        P32 = np.ascontiguousarray(P, dtype=np.float32)
+        self.lists = max(1, min(len(P32) // max(1, list_size), len(P32)))
+        self.centroids, assign = spherical_kmeans(P32, self.lists, seed)
+        order = np.argsort(assign, kind="stable")
+        self.members = order  # positive index of each grouped row
+        self.bounds = np.searchsorted(assign[order], np.arange(self.lists + 1))
+        self.grouped = np.ascontiguousarray(P32[order])
+        self.nprobe = min(self.lists, max(MIN_PROBE, int(np.ceil(probe_share * self.lists))))
+
+    def describe(self) -> str:
+        return (f"inverted lists: {self.lists} k-means lists of about {len(self.members) // self.lists} positives, "
+                f"{self.nprobe} probed per row ({self.nprobe / self.lists:.1%} of the products), float32")
+
+    def search(self, C, k: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """(top-k similarities in descending order, their positive indices) per row of C (approximate).
+
+        A row whose probed lists hold fewer than k positives gets -3.0 (index 0) in the places left.
+        """
+        n = len(C)
+        vals = np.empty((n, k), np.float32)
+        idx = np.empty((n, k), np.int64)
+        for start in range(0, n, chunk):
+            X = _as_float32(np.asarray(C[start : start + chunk]))
+            vals[start : start + len(X)], idx[start : start + len(X)] = self._search_block(X, k)
+        return vals, idx
+
+    def _search_block(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """One block: the (row, probed list) pairs grouped by list, one product per list against its positives,
+        each pair's best k, then each row's best k of its probes (descending)."""
+        m, probe = len(X), self.nprobe
+        probed = _top_k(X @ self.centroids.T, probe)[1].reshape(-1)  # list of each (row, probe) pair
+        order = np.argsort(probed, kind="stable")
+        counts = np.bincount(probed, minlength=self.lists)
+        found_v = np.full((m * probe, k), -3.0, np.float32)
+        found_i = np.zeros((m * probe, k), np.int64)
+        at = 0
+        for j, cnt in enumerate(counts.tolist()):
+            sel, at = order[at : at + cnt], at + cnt
+            lo, hi = int(self.bounds[j]), int(self.bounds[j + 1])
+            if cnt == 0 or hi == lo:
+                continue
+            v, cols = _top_k(X[sel // probe] @ self.grouped[lo:hi].T, k)
+            found_v[sel, : v.shape[1]] = v
+            found_i[sel, : v.shape[1]] = cols + lo
+        found_v, found_i = found_v.reshape(m, probe * k), found_i.reshape(m, probe * k)
+        top = np.argsort(-found_v, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(found_v, top, axis=1), self.members[np.take_along_axis(found_i, top, axis=1)]
+
+
+def _as_float32(block: np.ndarray) -> np.ndarray:
+    """A float32 copy of a block; float16 through torch, whose conversion runs on every core (the same values)."""
+    if block.dtype != np.float16:
+        return np.asarray(block, dtype=np.float32)
+    torch = _torch()
+    with warnings.catch_warnings():  # a read-only memory map: only read here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(block).float().numpy()
+
+
+def _top_k(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, column indices) of the k largest values of each row (all when k >= width); overwrites S.
+
+    Small k: k passes of a row argmax (vectorised), several times faster
+    than ``argpartition`` on rows of a few hundred values.
+    """
+    w = S.shape[1]
+    if k >= w:
+        return S, np.broadcast_to(np.arange(w), S.shape)
+    if k > 8:
+        cols = np.argpartition(S, w - k, axis=1)[:, w - k :]
+        return np.take_along_axis(S, cols, axis=1), cols
+    rows = np.arange(len(S))
+    vals = np.empty((len(S), k), S.dtype)
+    cols = np.empty((len(S), k), np.int64)
+    for i in range(k):
+        cols[:, i] = j = S.argmax(axis=1)
+        vals[:, i] = S[rows, j]
+        S[rows, j] = -np.inf
+    return vals, cols
+
+
+def exact_similarity(V, rows: np.ndarray, P: np.ndarray, k: int, chunk: int = 4096):
+    """Exact float32 (mean top-k similarity, nearest similarity, nearest positive index) of rows ``rows`` of V."""
+    return _numpy_similarity_to_positives(RowView(V, np.asarray(rows, np.int64)), P, max(1, min(k, len(P))), chunk)
+
+
+@dataclass
+class Estimate:
+    """The top-k similarity of each row to the positives, and what is known of its error.
+
+    ``exact`` estimates are exact float32 (or torch float32). Approximate ones
+    carry a seeded ``sample`` of rows scored exactly as well: the error
+    measured there sets the :meth:`bounds` around a threshold inside which a
+    decision is re-scored exactly. ``lower_bound``: the estimate is never
+    above the exact value (an index: float32 scores of a subset of the
+    positives), so only rows under a threshold can be wrong.
+    """
+
+    topk: np.ndarray
+    best: np.ndarray
+    arg: np.ndarray
+    method: str
+    exact: bool = True
+    lower_bound: bool = False
+    floor: float = MARGIN_FLOOR
+    sample: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows of C
+    sample_topk: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # exact values there
+    sample_best: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    recall: float = 1.0  # mean share of the exact top-k positives the estimate found, on the sample
+
+    def errors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(estimated value, exact - estimated) on the sample; kind: topk | best."""
+        got = (self.topk if kind == "topk" else self.best)[self.sample]
+        want = self.sample_topk if kind == "topk" else self.sample_best
+        return got, want.astype(np.float64) - got
+
+    def max_error(self, kind: str) -> float:
+        return float(np.abs(self.errors(kind)[1]).max()) if len(self.sample) else 0.0
+
+    def bounds(self, kind: str, threshold: float) -> tuple[float, float]:
+        """(down, up): how far below / above its estimate an exact value near ``threshold`` may lie.
+
+        MARGIN_SAFETY x the largest sampled error among the sampled rows
+        estimated near the threshold (within the largest error overall), or
+        the largest error overall when fewer than MARGIN_WINDOW_MIN are; plus
+        the floor. A lower-bound estimate is never above: down is FLOAT_SLACK.
+        """
+        if self.exact:
+            return 0.0, 0.0
+        got, err = self.errors(kind)
+        worst = float(np.abs(err).max()) if len(err) else 1.0
+        near = np.abs(got - threshold) <= worst + self.floor
+        seen = err[near] if near.sum() >= MARGIN_WINDOW_MIN else err
+        up = MARGIN_SAFETY * max(float(seen.max()), 0.0) + self.floor
+        down = FLOAT_SLACK if self.lower_bound else MARGIN_SAFETY * max(float(-seen.min()), 0.0) + self.floor
+        return down, up
+
+    def margin(self, kind: str, threshold: float) -> float:
+        """The larger of :meth:`bounds` (0: exact)."""
+        return max(self.bounds(kind, threshold))
+
+    def near(self, kind: str, values: np.ndarray, threshold: float) -> np.ndarray:
+        """Which estimated ``values`` could fall on the other side of ``threshold`` (value >= threshold) exactly."""
+        down, up = self.bounds(kind, threshold)
+        return (values >= threshold - up) & (values <= threshold + down)
+
+    def bounds_at(self, kind: str, values: np.ndarray, step: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`bounds` for thresholds that vary by row (``values``), on a grid of ``step``."""
+        if self.exact or not len(values):
+            return np.zeros(len(values)), np.zeros(len(values))
+        grid = np.round(np.asarray(values, np.float64) / step).astype(np.int64)
+        at = {g: self.bounds(kind, g * step) for g in np.unique(grid).tolist()}
+        got = np.asarray([at[g] for g in grid.tolist()]).reshape(-1, 2)
+        return got[:, 0], got[:, 1]
+
+    def summary(self) -> dict:
+        out = dict(method=self.method, exact=self.exact)
+        if not self.exact:
+            out.update(sample=len(self.sample), recall=round(self.recall, 4),
+                       max_error_topk=round(self.max_error("topk"), 5), max_error_best=round(self.max_error("best"), 5))
+        return out
+
+
+def unsure_order(a: Estimate, av: np.ndarray, b: Estimate, bv: np.ndarray) -> np.ndarray:
+    """Rows where exact values could order differently than the estimates ``av`` > ``bv`` do."""
+    a_down, a_up = a.bounds_at("best", av)
+    b_down, b_up = b.bounds_at("best", bv)
+    d = np.asarray(av, np.float64) - bv
+    return (d >= -(a_up + b_down)) & (d <= a_down + b_up)
+
+
+def estimate_similarity(C, P: np.ndarray, k: int = 5, approx_above: float = INDEX_ABOVE, sample: int = SAMPLE_ROWS,
+                        seed: int = 0, index: bool = True) -> Estimate:
+    """The top-k similarity of each row of C to the rows of P: exact up to ``approx_above`` products, else
+    approximate with its error measured on ``sample`` rows: an index over P (``index`` and at least
+    INDEX_MIN_POSITIVES rows), or brute-force bfloat16 (rows of P spread over the whole pool, where lists
+    recall poorly)."""
+    n, m = len(C), len(P)
+    if n * m <= approx_above or m == 0 or n == 0:
+        t, b, a = similarity_to_positives(C, P, k, exact=True)
+        return Estimate(t, b, a, "exact float32")
+    k = max(1, min(k, m))
+    V, at = (C.V, C.rows) if isinstance(C, RowView) else (C, np.arange(n))
+    if m >= INDEX_MIN_POSITIVES and index:
+        ivf = PositiveIndex(P, seed)
+        vals, idx = ivf.search(C, k)
+        topk, best, arg = vals.mean(axis=1, dtype=np.float32), vals[:, 0].copy(), idx[:, 0].copy()
+        short = np.flatnonzero(vals[:, -1] < -2.0)  # probed lists with fewer than k positives: exact
+        if len(short):
+            topk[short], best[short], arg[short] = exact_similarity(V, at[short], P, k)
+        method, lower, floor = ivf.describe(), True, INDEX_FLOOR
+    else:
+        topk, best, arg = similarity_to_positives(C, P, k, exact=False)
+        idx, method, lower, floor = None, "brute force, bfloat16", False, MARGIN_FLOOR
+    rows = np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
+    sims = np.asarray(V[at[rows]], np.float32) @ np.ascontiguousarray(P, dtype=np.float32).T
+    want = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # the exact top-k positives of the sampled rows
+    vals = -np.sort(-np.take_along_axis(sims, want, axis=1), axis=1)
+    st, sb = vals.mean(axis=1, dtype=np.float32), vals[:, 0]
+    recall = 1.0
+    if idx is not None:  # against the ones the index found
+        recall = float(np.mean([len(set(w) & set(g)) / k for w, g in zip(want.tolist(), idx[rows].tolist())]))
+    return Estimate(topk, best, arg, method, exact=False, lower_bound=lower, floor=floor, sample=rows, sample_topk=st,
+                    sample_best=sb, recall=recall)

@@ -14,6 +14,15 @@ Computed once per selection, before any rule runs:
   of the percentile ranks of the object similarity and that evidence;
 - a seeded key per image (first picks, ties, preference inside duplicate groups).
 
+Pools over ``similarity.INDEX_ABOVE`` candidates x positives get an
+approximate scene similarity (``similarity.estimate_similarity``: an index
+over the positives, its error measured on a sample). Every row whose
+near-duplicate decision lies within the measured margin of the threshold is
+then re-scored exactly (float32, all dimensions, all positives) before any
+rule runs; the quarantine rules and the selection re-score the rows near
+their own thresholds and every pick (:meth:`Evidence.rescore`), so no leak
+rule is weakened and every reason quotes exact numbers where it decides.
+
 ``data/select/scores.parquet`` records these per image, so the report shows
 what the selection used instead of computing it again.
 """
@@ -48,10 +57,55 @@ class Evidence:
     hardness_parts: dict = field(default_factory=dict)  # evidence / combined: the signals (per row) behind hardness
     likeness: np.ndarray | None = None  # the similarity part of hardness (regions or image), never the detections
     likeness_by: str = "image"
+    estimate: sim.Estimate | None = None  # how the scene similarity was computed, and its measured error
+    exact: np.ndarray | None = None  # approximate estimate: bool per row, scored exactly (None: every row is exact)
+    rescored: dict = field(default_factory=dict)  # approximate estimate: rows re-scored exactly, by cause
+    margins_used: dict = field(default_factory=dict)  # approximate estimate: cause -> threshold and margins
+    approx_above: float = sim.INDEX_ABOVE  # products over this are approximated (here and in the quarantine)
 
     def name_of(self, row: int) -> str:
         """The uri of a pool row, '?' for none (-1)."""
         return self.pool.name_of(row) if row >= 0 else "?"
+
+    def rescore_near(self, kind: str, rows: np.ndarray, threshold: float, cause: str) -> int:
+        """Re-score exactly the ``rows`` whose approximate ``kind`` (topk: scene similarity, best: nearest
+        similarity) could lie on the other side of ``threshold``; the margins used are kept for the report."""
+        if self.exact is None or not len(rows):
+            return 0
+        values = self.pos_similarity[rows] if kind == "topk" else self.nearest_similarity[rows]
+        down, up = self.estimate.bounds(kind, threshold)
+        self.margins_used[cause] = dict(threshold=round(float(threshold), 5), below=round(up, 5), above=round(down, 5))
+        return self.rescore(rows[self.estimate.near(kind, values, threshold)], cause)
+
+    def rescore(self, rows: np.ndarray, cause: str) -> int:
+        """Exact float32 scene similarity, nearest similarity and nearest positive for ``rows`` (pool rows) not
+        yet exact; the hardness follows where it is the scene similarity. Returns how many were re-scored."""
+        if self.exact is None:
+            return 0
+        rows = np.asarray(rows, np.int64)
+        rows = rows[~self.exact[rows]]
+        self.rescored[cause] = self.rescored.get(cause, 0) + len(rows)
+        if len(rows):
+            copies = [a for a in {id(a): a for a in self._scene_copies()}.values()]
+            exact_rows(self, rows, copies)
+        return len(rows)
+
+    def _scene_copies(self) -> list[np.ndarray]:
+        """The arrays that hold the scene similarity as hardness or likeness."""
+        out = [self.hardness] if self.hardness_by == "image" else []
+        if "image" in self.hardness_parts:
+            out.append(self.hardness_parts["image"])
+        if self.likeness is not None and self.likeness_by == "image":
+            out.append(self.likeness)
+        return out
+
+    def similarity_report(self) -> dict:
+        """How the scene similarity was computed: method, sampled error, margins at the leak thresholds, re-scored rows."""
+        out = self.estimate.summary() if self.estimate is not None else dict(method="exact float32", exact=True)
+        if self.exact is not None:
+            out.update(margins=dict(self.margins_used), rescored=dict(self.rescored),
+                       exact_rows=int(self.exact[self.candidates].sum()), candidates=int(self.candidates.sum()))
+        return out
 
 
 def seeded_keys(sha256: np.ndarray | list, seed: int) -> np.ndarray:
@@ -85,28 +139,36 @@ def region_hardness(pool: Pool, rows: np.ndarray, objects: np.ndarray, chunk: in
     return out
 
 
-def scene_similarity(pool: Pool, cand_rows: np.ndarray, pos_rows: np.ndarray, P: np.ndarray, cfg: Select):
-    """(mean top-k similarity, nearest similarity, nearest positive row) per pool row (NaN / -1 elsewhere).
+def scene_similarity(pool: Pool, cand_rows: np.ndarray, pos_rows: np.ndarray, P: np.ndarray, cfg: Select,
+                     approx_above: float = sim.INDEX_ABOVE):
+    """(mean top-k similarity, nearest similarity, nearest positive row per pool row (NaN / -1 elsewhere), Estimate).
 
-    Large pools run in bfloat16; every nearest similarity close to the
-    near-duplicate threshold is then recomputed exactly.
+    Over ``approx_above`` products the estimate is approximate (see
+    ``similarity.estimate_similarity``); the caller re-scores the rows that
+    need exact values.
     """
     n = len(pool.sha256)
     topk = np.full(n, np.nan, np.float32)
     best = np.full(n, np.nan, np.float32)
     nearest = np.full(n, -1, np.int64)
     if not (len(pos_rows) and len(cand_rows)):
-        return topk, best, nearest
+        return topk, best, nearest, None
     lo, hi = int(cand_rows[0]), int(cand_rows[-1]) + 1
     # contiguous candidates: a view, no copy; else gathered chunk by chunk
     C = pool.vectors[lo:hi] if hi - lo == len(cand_rows) else sim.RowView(pool.vectors, cand_rows)
-    t, b, a = sim.similarity_to_positives(C, P, cfg.top_k)
-    if len(cand_rows) * len(pos_rows) > sim.EXACT_BELOW:  # re-check every approximate decision near the threshold
-        close = np.flatnonzero(b >= 1.0 - cfg.leaks.near_duplicate - sim.RECHECK_MARGIN)
-        if len(close):
-            b[close], a[close] = sim.exact_nearest(pool.vectors, P, cand_rows[close])
-    topk[cand_rows], best[cand_rows], nearest[cand_rows] = t, b, pos_rows[a]
-    return topk, best, nearest
+    est = sim.estimate_similarity(C, P, cfg.top_k, approx_above, seed=cfg.seed)
+    topk[cand_rows], best[cand_rows], nearest[cand_rows] = est.topk, est.best, pos_rows[est.arg]
+    return topk, best, nearest, est
+
+
+def exact_rows(ev: Evidence, rows: np.ndarray, copies: list[np.ndarray] = ()) -> None:
+    """Exact float32 scene similarity, nearest similarity and positive for pool ``rows``, written into the
+    evidence (and into ``copies``: arrays holding the scene similarity too); they are marked exact."""
+    t, b, a = sim.exact_similarity(ev.pool.vectors, rows, ev.P, ev.cfg.top_k)
+    ev.pos_similarity[rows], ev.nearest_similarity[rows], ev.nearest_positive[rows] = t, b, ev.positives[a]
+    for arr in copies:
+        arr[rows] = t
+    ev.exact[rows] = True
 
 
 def percentile_ranks(x: np.ndarray) -> np.ndarray:
@@ -157,20 +219,31 @@ def object_hardness(pool: Pool, cand_rows: np.ndarray, topk: np.ndarray, cfg: Se
     return hard, by, {}
 
 
-def gather_evidence(pool: Pool, cfg: Select) -> Evidence:
+def gather_evidence(pool: Pool, cfg: Select, approx_above: float = sim.INDEX_ABOVE) -> Evidence:
+    """Every candidate's scene similarity, nearest positive and hardness (exact near the near-duplicate threshold)."""
     pos_rows = np.flatnonzero(pool.positive)
     cand = ~pool.positive
     cand_rows = np.flatnonzero(cand)
     P = np.asarray(pool.vectors[pos_rows], dtype=np.float32) if len(pos_rows) else np.zeros((0, 1), np.float32)
-    topk, best, nearest = scene_similarity(pool, cand_rows, pos_rows, P, cfg)
+    topk, best, nearest, est = scene_similarity(pool, cand_rows, pos_rows, P, cfg, approx_above)
+    ev = Evidence(
+        pool=pool, cfg=cfg, positives=pos_rows, candidates=cand, P=P,
+        pos_similarity=topk, nearest_similarity=best, nearest_positive=nearest,
+        hardness=topk, hardness_by="image", keys=np.zeros(0, np.uint64), estimate=est, approx_above=approx_above,
+    )
+    if est is not None and not est.exact:
+        # near-duplicates of a positive: every row near the threshold (or over it) is scored exactly first
+        ev.exact = ~cand.copy()
+        nd = 1.0 - cfg.leaks.near_duplicate
+        ev.rescore_near("best", cand_rows, nd, "near_duplicate")
+        # and every row over the threshold: a near-duplicate's reason quotes its exact distance and positive
+        ev.rescore(cand_rows[best[cand_rows] >= nd], "near_duplicate")
     hard, by, parts = object_hardness(pool, cand_rows, topk, cfg)
     likeness_by = by.removeprefix("combined:") if by != "evidence" else None
     likeness = parts.get(likeness_by, hard) if likeness_by else None
     if likeness is None:  # evidence hardness: the similarity it replaced (regions when embedded)
         likeness, likeness_by, _ = object_hardness(pool, cand_rows, topk, cfg.model_copy(update={"hardness": "auto"}))
-    return Evidence(
-        pool=pool, cfg=cfg, positives=pos_rows, candidates=cand, P=P,
-        pos_similarity=topk, nearest_similarity=best, nearest_positive=nearest,
-        hardness=hard, hardness_by=by, keys=seeded_keys(pool.sha256, cfg.seed), hardness_parts=parts,
-        likeness=likeness, likeness_by=likeness_by,
-    )
+    ev.hardness, ev.hardness_by, ev.hardness_parts = hard, by, parts
+    ev.likeness, ev.likeness_by = likeness, likeness_by
+    ev.keys = seeded_keys(pool.sha256, cfg.seed)
+    return ev

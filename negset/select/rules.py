@@ -163,6 +163,8 @@ class DetectedTarget(Rule):
             # (object hardness at or above this percentile of the unlabelled candidates): quarantined too
             like = ev.likeness if ev.likeness is not None else ev.hardness
             edge = float(np.percentile(like[rest], pct))
+            if ev.exact is not None and ev.likeness_by == "image":  # approximate: exact near the edge
+                ev.rescore_near("topk", np.flatnonzero(rest & (d.target_score > 0)), edge, "weak_detection")
             weak = rest & (d.target_score > 0) & (like >= edge)
             for r in np.flatnonzero(weak):
                 detail[int(r)] = (f"{ev.likeness_by} similarity {float(like[r]):.3f} >= p{pct:g} of the unlabelled "
@@ -217,6 +219,8 @@ class Quarantine(Rule):
         threshold = max(float(np.percentile(loo, q.positive_percentile)), q.min_similarity)
         pool = ev.pool
         unlabelled = ~pool.labelled if pool.labelled is not None else np.ones(len(pool.sha256), bool)
+        if ev.exact is not None:  # approximate similarity: the rows near the threshold decide on exact values
+            ev.rescore_near("topk", np.flatnonzero(live & unlabelled), threshold, "quarantine")
         mask = live & unlabelled & (ev.pos_similarity >= threshold)
         detail: dict[int, str] = {}
         if q.nearest_labelled and pool.labelled is not None:
@@ -238,9 +242,18 @@ class Quarantine(Rule):
             ref = np.sort(np.random.default_rng(ev.cfg.seed).choice(ref, q.reference_max, replace=False))
         if not (len(rows) and len(ref)):
             return []
-        _, neg_best, _ = sim.similarity_to_positives(
-            sim.RowView(pool.vectors, rows), np.asarray(pool.vectors[ref], np.float32), 1
-        )
+        R = np.asarray(pool.vectors[ref], np.float32)
+        # the labelled negatives spread over the whole pool (no clusters to list): brute force when approximate
+        neg = sim.estimate_similarity(sim.RowView(pool.vectors, rows), R, 1, ev.approx_above, seed=ev.cfg.seed,
+                                      index=False)
+        neg_best = neg.best
+        if ev.exact is not None or not neg.exact:  # approximate: close calls are decided on exact values
+            pos = ev.estimate if ev.exact is not None else sim.Estimate(*(np.zeros(0),) * 3, "exact float32")
+            unsure = sim.unsure_order(pos, ev.nearest_similarity[rows], neg, neg_best)
+            ev.rescore(rows[unsure], "nearest_labelled")
+            if not neg.exact and unsure.any():
+                neg_best[unsure] = sim.exact_similarity(pool.vectors, rows[unsure], R, 1)[1]
+                ev.rescored["nearest_labelled_negative"] = ev.rescored.get("nearest_labelled_negative", 0) + int(unsure.sum())
         pos_best = ev.nearest_similarity[rows]
         hit = pos_best > neg_best
         return list(zip(rows[hit].tolist(), pos_best[hit], neg_best[hit]))

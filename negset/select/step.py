@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from negset.core import atomic, catalog
+from negset.core import similarity as sim
 from negset.core.config import Params, Select
 from negset.core.layout import Layout
 from negset.select import outputs
@@ -66,15 +67,25 @@ class _Stopwatch:
         self.last = now
 
 
-def choose(pool: Pool, cfg: Select, want: int, reviewed: Reviewed | None = None) -> Choice:
-    """Apply every rule to the pool and choose ``want`` negatives (honouring a person's ``reviewed`` decisions)."""
+def _in_band(h: float, band: str, bands) -> bool:
+    lo, up = bands.edges(band)
+    return h >= lo and (h < up or band == "hard")
+
+
+def choose(pool: Pool, cfg: Select, want: int, reviewed: Reviewed | None = None,
+           approx_above: float = sim.INDEX_ABOVE) -> Choice:
+    """Apply every rule to the pool and choose ``want`` negatives (honouring a person's ``reviewed`` decisions).
+
+    ``approx_above``: candidates x positives over which the scene similarity is approximated (an index over the
+    positives, exact re-scoring near the leak thresholds and of every pick).
+    """
     clock = _Stopwatch()
     axes, dropped_axes = usable_axes(pool, list(cfg.strata), cfg.unknown_axis_share)
     if dropped_axes:
         pool = pool.restratified(axes)
         for d in dropped_axes:
             log.warning("select: %s", axis_warning(d, cfg.unknown_axis_share))
-    ev = gather_evidence(pool, cfg)
+    ev = gather_evidence(pool, cfg, approx_above)
     ev.reviewed = reviewed if reviewed is not None else Reviewed.none(len(pool.sha256))
     clock.lap("similarity")
     ledger = Ledger(ev.candidates, RULES)
@@ -104,6 +115,10 @@ def choose(pool: Pool, cfg: Select, want: int, reviewed: Reviewed | None = None)
     taken[[p.row for p in picks]] = True
     picks += shortfall_fill(ev, ledger.live() & ~taken, bands, picks, want)
     clock.lap("dedup_fill")
+    if ev.exact is not None:  # approximate similarity: every pick is re-scored exactly, so its reason quotes exact numbers
+        ev.rescore(np.asarray([p.row for p in picks], np.int64), "picks")
+        ev.rescored["picks_outside_band"] = sum(not _in_band(float(ev.hardness[p.row]), p.band, bands) for p in picks)
+        clock.lap("exact_picks")
     reasons = [ev.reviewed.reason_of(p.row, pick_reason(p, ev, bands, want)) for p in picks]
     clock.lap("reasons")
     return Choice(picks=picks, reasons=reasons, evidence=ev, ledger=ledger, bands=bands,
@@ -145,6 +160,9 @@ def run(params: Params, layout: Layout) -> dict:
                       new_positives_coco(choice, pool, sizes, params.ingest.target, layout))
     summary = outputs.summary_of(choice, pool, cfg, strata, axes)
     summary.update(choice.evidence.reviewed.counts(), new_positives=len(new_positive_rows(choice)))
+    if choice.evidence.exact is not None:  # approximate scene similarity: how, its measured error, what was re-scored
+        summary["similarity"] = choice.evidence.similarity_report()
+        log.info("select: scene similarity approximated: %s", summary["similarity"])
     atomic.write_json(folder / "summary.json", summary)
     if len(choice.picks) < want:
         log.warning("select: asked for %d negatives, the pool had only %d eligible", want, len(choice.picks))

@@ -1,0 +1,80 @@
+"""The approximate top-k (inverted lists over the positives) against the exact float32 kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from negset.core import similarity as sim
+
+RECALL_FLOOR = 0.85  # share of the exact top-k the index finds on the sample (half the rows are far from every positive)
+NEAR_RECALL_FLOOR = 0.98  # the same for the rows near the positives (those the leak rules decide on)
+
+
+def clustered(n: int, dim: int, centres: np.ndarray, rng, noise: float = 0.6) -> np.ndarray:
+    c = rng.integers(0, len(centres), n)
+    x = centres[c] + noise * rng.standard_normal((n, dim), dtype=np.float32) / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    dim = 96
+    centres = rng.standard_normal((24, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    P = clustered(1536, dim, centres[:12], rng).astype(np.float32)
+    C = clustered(6000, dim, centres, rng)
+    exact = sim.exact_similarity(C, np.arange(len(C)), P, 5)
+    return C, P, exact
+
+
+def test_forced_index_is_a_lower_bound_with_measured_error(data):
+    C, P, (t, b, a) = data
+    est = sim.estimate_similarity(C, P, 5, approx_above=0, sample=500)
+    assert not est.exact and est.lower_bound and "inverted lists" in est.method
+    # float32 scores of a subset of the positives: never above the exact value
+    assert (est.topk <= t + sim.FLOAT_SLACK).all() and (est.best <= b + sim.FLOAT_SLACK).all()
+    assert est.recall >= RECALL_FLOOR
+    # where the nearest positive was found, its similarity is the exact one
+    found = est.arg == a
+    assert found.mean() > 0.85
+    np.testing.assert_allclose(est.best[found], b[found], atol=1e-5)
+    # the sample's measured error is what the rows sampled really have
+    assert est.max_error("topk") == pytest.approx(float(np.abs(t[est.sample] - est.topk[est.sample]).max()), abs=1e-6)
+
+
+def test_rows_outside_the_margin_decide_as_the_exact_values_do(data):
+    C, P, (t, b, a) = data
+    est = sim.estimate_similarity(C, P, 5, approx_above=0, sample=500)
+    for thr in np.quantile(t, [0.5, 0.8, 0.95]):
+        near = est.near("topk", est.topk, float(thr))
+        assert ((est.topk >= thr) == (t >= thr))[~near].all()
+        assert near.sum() < 0.5 * len(C)  # the margin is narrow: most rows need no exact re-score
+
+
+def test_small_products_stay_exact_and_the_same(data):
+    C, P, (t, b, a) = data
+    est = sim.estimate_similarity(C, P, 5)  # 6,000 x 1,536: under INDEX_ABOVE
+    assert est.exact and est.margin("topk", 0.5) == 0.0
+    t2, b2, a2 = sim.similarity_to_positives(C, P, 5)
+    np.testing.assert_array_equal(est.topk, t2)
+    np.testing.assert_array_equal(est.arg, a2)
+
+
+def test_recall_near_the_positives(data):
+    C, P, (t, b, a) = data
+    near = np.flatnonzero(t >= np.quantile(t, 0.6))
+    _, idx = sim.PositiveIndex(P).search(C[near], 5)
+    sims = np.asarray(C[near], np.float32) @ P.T
+    want = np.argsort(-sims, axis=1)[:, :5]
+    recall = np.mean([len(set(w) & set(g)) / 5 for w, g in zip(want.tolist(), idx.tolist())])
+    assert recall >= NEAR_RECALL_FLOOR
+
+
+def test_kmeans_lists_cover_every_positive_once(data):
+    _, P, _ = data
+    index = sim.PositiveIndex(P, seed=1)
+    assert sorted(index.members.tolist()) == list(range(len(P)))
+    sizes = np.diff(index.bounds)
+    assert (sizes > 0).all() and sizes.sum() == len(P) and index.lists == len(P) // sim.LIST_SIZE
