@@ -43,7 +43,7 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def project(root: Path, regions_from: str | None, threads: int) -> tuple[Path, Path]:
+def project(root: Path, regions_from: str | None, threads: int, regions: int | None = None) -> tuple[Path, Path]:
     """A project in ``root`` with the shipped params.yaml on COCO128 (or the sample); (params path, images folder)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     if (COCO128 / "images").is_dir():
@@ -53,6 +53,8 @@ def project(root: Path, regions_from: str | None, threads: int) -> tuple[Path, P
     params["ingest"]["positives"].update(path=str(labels), images=str(images))
     if regions_from:
         params["embed"]["regions_from"] = regions_from
+    if regions is not None:
+        params["embed"]["regions"] = regions
     params["embed"]["threads"] = threads
     shutil.copy(REPO / "negset.lock", root / "negset.lock") if (REPO / "negset.lock").exists() else None
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -71,6 +73,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2, help="cores to use (torch, ONNX Runtime, decode threads)")
     ap.add_argument("--regions-from", choices=["map", "crops"], help="override embed.regions_from (default: shipped)")
+    ap.add_argument("--regions", type=int, help="override embed.regions (default: shipped)")
     ap.add_argument("--with-tag", action="store_true", help="time the tag step (pixel statistics) too")
     ap.add_argument("--naive-images", type=int, default=64, help="photos the naive loop embeds")
     args = ap.parse_args()
@@ -86,7 +89,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="negset-full-pass-"))
     try:
-        params_path, images = project(root, args.regions_from, args.threads)
+        params_path, images = project(root, args.regions_from, args.threads, args.regions)
         params = load_params(params_path)
         run_step("ingest", params_path)  # untimed
         layout = Layout.at(root)
