@@ -31,6 +31,7 @@ CANDIDATES: dict[str, list[str]] = {
     "distractors 0.75": ["select.distractors=0.75"],
     "distractors, min 1.0": ["select.distractor_min=1.0"],
     "distractors, min 0.25": ["select.distractor_min=0.25"],
+    "distractors 1.0": ["select.distractors=1.0"],
     "mix 0.3/0.4/0.3": ["select.bands.mix={hard: 0.3, medium: 0.4, context: 0.3}"],
     "mix 0.8/0.2/0": ["select.bands.mix={hard: 0.8, medium: 0.2, context: 0.0}"],
     "hard band from p85": ["select.bands.hard=85"],

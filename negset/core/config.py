@@ -538,8 +538,7 @@ class Select(_Section):
     distractors: float = Field(
         0.5, ge=0, le=1,
         description="share of the negatives offered first to detector distractors: eligible candidates on which the "
-        "detect step sees a confuser class (or, on a labelled negative, the target class) near its threshold, "
-        "strongest first; 0 = off (no detection evidence: none)",
+        "detect step sees a detect.confusers class near the target threshold, strongest first; 0 = off (no detection evidence: none)",
     )
     distractor_min: float = Field(
         0.5, ge=0,

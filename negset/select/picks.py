@@ -169,7 +169,7 @@ def model_false_positives(ev: Evidence, eligible: np.ndarray, bands: Bands, want
 def distractor_evidence(ev: Evidence) -> np.ndarray | None:
     """Per pool row, the detector's distractor evidence (:meth:`Detections.distractor_evidence`); None: no detect step."""
     d = ev.pool.detections
-    return None if d is None else d.distractor_evidence(ev.pool.labelled)
+    return None if d is None else d.distractor_evidence()
 
 
 def detector_distractors(ev: Evidence, eligible: np.ndarray, bands: Bands, want: int, chosen: list[int]) -> list[Pick]:
@@ -202,14 +202,8 @@ def detector_distractors(ev: Evidence, eligible: np.ndarray, bands: Bands, want:
 def distractor_text(ev: Evidence, row: int) -> str:
     """What the detector saw in a distractor pick, in words."""
     d = ev.pool.detections
-    parts = []
-    if d.confuser_class[row] and np.isfinite(d.confuser_threshold[row]):
-        parts.append(f"confuser '{d.confuser_class[row]}' at score {float(d.confuser_score[row]):.3f} "
-                     f"(target threshold of its source {float(d.confuser_threshold[row]):.3f})")
-    if ev.pool.labelled is not None and ev.pool.labelled[row] and d.cls[row] and np.isfinite(d.threshold[row]):
-        parts.append(f"target class '{d.cls[row]}' at score {float(d.target_score[row]):.3f} of threshold "
-                     f"{float(d.threshold[row]):.3f} in an image labelled without the target")
-    return " and ".join(parts) or "no detection"
+    return (f"confuser '{d.confuser_class[row]}' at score {float(d.confuser_score[row]):.3f} "
+            f"(target threshold of its source {float(d.confuser_threshold[row]):.3f})")
 
 
 def hardness_text(ev: Evidence, row: int) -> str:

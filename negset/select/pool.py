@@ -42,16 +42,13 @@ class Detections:
             c = np.where(self.confuser_threshold > 0, self.confuser_score / self.confuser_threshold, self.confuser_score)
         return np.clip(np.nan_to_num(np.maximum(t, c)), 0.0, 1.0)
 
-    def distractor_evidence(self, labelled: np.ndarray | None) -> np.ndarray:
-        """Per row, what could pass for the target: a confuser class's score relative to its source's target
-        threshold, and on labelled rows (known negatives) also a target detection's score relative to its
-        threshold (select's detector distractors). An unlabelled image's target detection is no distractor: it
-        may be the target (the quarantine rules judge it)."""
+    def distractor_evidence(self) -> np.ndarray:
+        """Per row, what could pass for the target (select's detector distractors): a confuser class's score
+        relative to its source's target threshold. A target detection never counts: on an unlabelled image it may
+        be the target, and on COCO128 near misses on labelled negatives (often unlabelled targets) made the chosen
+        sets worse (README, Detector distractors)."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.nan_to_num(np.where(self.threshold > 0, self.target_score / self.threshold, 0.0))
-            c = np.nan_to_num(np.where(self.confuser_threshold > 0, self.confuser_score / self.confuser_threshold, 0.0))
-        known = labelled if labelled is not None else np.zeros(len(t), bool)
-        return np.maximum(np.where(known, t, 0.0), c)
+            return np.nan_to_num(np.where(self.confuser_threshold > 0, self.confuser_score / self.confuser_threshold, 0.0))
 
 
 @dataclass

@@ -261,7 +261,7 @@ def spared_distractors(ev: Evidence, verdict: Verdict) -> Verdict:
     d = ev.pool.detections
     if d is None or ev.cfg.distractors <= 0:
         return verdict
-    spare = verdict.mask & (d.distractor_evidence(ev.pool.labelled) >= ev.cfg.distractor_min)
+    spare = verdict.mask & (d.distractor_evidence() >= ev.cfg.distractor_min)
     return Verdict(verdict.mask & ~spare, verdict.score, verdict.detail,
                    facts=dict(verdict.facts, spared_distractors=int(spare.sum())))
 

@@ -144,5 +144,5 @@ def test_evaluate_rebuilds_the_evidence_for_the_evaluated_target_calibrated_on_t
     assert np.allclose(d.threshold, 0.3) and not d.detected.any()
     assert d.confuser_class[1] == "cat" and d.confuser_score[1] == pytest.approx(0.45)
     assert d.confuser_threshold[1] == pytest.approx(0.3) and d.target_score[2] == pytest.approx(0.2)
-    # known negatives: the near miss (0.2 of 0.3) and the cat (1.5 x) are distractor evidence
-    assert np.allclose(d.distractor_evidence(np.ones(3, bool)), [0.0, 1.5, 0.2 / 0.3])
+    # the cat (1.5 x the threshold) is distractor evidence; the weak dog (a target detection) is not
+    assert np.allclose(d.distractor_evidence(), [0.0, 1.5, 0.0])
