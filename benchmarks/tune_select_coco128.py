@@ -26,6 +26,12 @@ from negset.tools.evaluate import evaluate, prepare
 
 CANDIDATES: dict[str, list[str]] = {
     "shipped": [],
+    "no distractors": ["select.distractors=0"],
+    "distractors 0.25": ["select.distractors=0.25"],
+    "distractors 0.75": ["select.distractors=0.75"],
+    "distractors, min 1.0": ["select.distractor_min=1.0"],
+    "distractors, min 0.25": ["select.distractor_min=0.25"],
+    "distractors 1.0": ["select.distractors=1.0"],
     "mix 0.3/0.4/0.3": ["select.bands.mix={hard: 0.3, medium: 0.4, context: 0.3}"],
     "mix 0.8/0.2/0": ["select.bands.mix={hard: 0.8, medium: 0.2, context: 0.0}"],
     "hard band from p85": ["select.bands.hard=85"],
@@ -45,7 +51,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--count", type=int, default=20)
-    ap.add_argument("--proxy", default="regions")
+    ap.add_argument("--proxy", default="detector")
     ap.add_argument("--only", help="candidate names separated by ; (default: all)")
     ap.add_argument("--data", type=Path, default=COCO128)
     ap.add_argument("--work", type=Path, default=REPO / "data" / "evaluate" / "coco128-build")

@@ -330,7 +330,10 @@ class Detect(_Section):
     target_map: dict[str, str] = Field(
         default_factory=dict, description="detector class -> target name (e.g. {handbag: sample bag}); target names count as themselves"
     )
-    confusers: list[str] = Field(default_factory=list, description="detector classes easily confused with the target")
+    confusers: list[str] | None = Field(
+        None, description="detector classes easily confused with the target; null = the COCO default confusers of the "
+        "target (and of the classes target_map maps to it) that the detector knows (negset/tools/confusers.py); [] = none"
+    )
     calibration: Calibration = Calibration()
     checkpoint_every: int = Field(64, ge=1, description="images between writes to the detection cache")
 
@@ -548,6 +551,15 @@ class Select(_Section):
         50.0, ge=0, le=100,
         description="an unlabelled candidate with a target detection under the calibrated threshold is quarantined "
         "too when its hardness reaches this percentile of the unlabelled candidates'; null = only detections at the threshold",
+    )
+    distractors: float = Field(
+        0.5, ge=0, le=1,
+        description="share of the negatives offered first to detector distractors: eligible candidates on which the "
+        "detect step sees a detect.confusers class near the target threshold, strongest first; 0 = off (no detection evidence: none)",
+    )
+    distractor_min: float = Field(
+        0.5, ge=0,
+        description="a distractor's detection score relative to its source's target threshold is at least this",
     )
     leaks: Leaks = Leaks()
     quarantine: Quarantine = Quarantine()

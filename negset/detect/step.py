@@ -63,6 +63,20 @@ def target_classes(params: Params) -> set[str]:
     return targets | mapped
 
 
+def confuser_classes(configured: list[str] | None, targets: set[str], known: set[str] | None) -> set[str]:
+    """Normalised detector classes whose detections count as confuser evidence.
+
+    ``detect.confusers`` when set ([] = none); else (null) the COCO default confusers of every target class
+    (:func:`negset.tools.confusers.default_confusers`) the detector knows (``known``: its class names; None = any).
+    """
+    from negset.tools.confusers import default_confusers
+
+    if configured is not None:
+        return {normalise(c) for c in configured} - targets
+    out = set().union(*[default_confusers(t) or [] for t in targets]) - targets
+    return {normalise(c) for c in out} & known if known is not None else {normalise(c) for c in out}
+
+
 def _detector_cache(det, layout: Layout):
     return row_cache(layout.data / "cache" / "detect" / det.key())
 
@@ -221,7 +235,9 @@ def run(params: Params, layout: Layout, compute=None) -> dict:
             found[src.label], bad, timing[src.label] = _run_detector(detectors[src.label], layout, images,
                                                                      cfg.checkpoint_every, compute)
             rejected += [r for r in bad if r["sha256"] not in {x["sha256"] for x in rejected}]
-    confusers = {normalise(c) for c in cfg.confusers} - targets
+    known = {normalise(c) for det in detectors.values() for c in (det.names or [])} | {
+        normalise(r["cls"]) for src in cfg.sources if src.predictions for r in found[src.label]}
+    confusers = confuser_classes(cfg.confusers, targets, known)
     calibration, strongest_target, strongest_confuser = {}, {}, {}
     for src in cfg.sources:
         known = detectors[src.label].names if src.label in detectors else None

@@ -187,5 +187,6 @@ def summary_of(choice: Choice, pool: Pool, cfg: Select, strata: list[dict], axes
         axes_dropped=choice.dropped_axes,
         chosen_by_rule=dict(sorted(Counter(p.rule for p in choice.picks).items())),
         model_false_positives=sum(p.rule == "model_false_positive" for p in choice.picks),
+        distractors=sum(p.rule == "distractor" for p in choice.picks),
         warnings=choice.warnings,
     )

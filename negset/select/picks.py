@@ -166,6 +166,46 @@ def model_false_positives(ev: Evidence, eligible: np.ndarray, bands: Bands, want
                  float("nan"), len(rows), len(rows)) for i, r in enumerate(rows, 1)]
 
 
+def distractor_evidence(ev: Evidence) -> np.ndarray | None:
+    """Per pool row, the detector's distractor evidence (:meth:`Detections.distractor_evidence`); None: no detect step."""
+    d = ev.pool.detections
+    return None if d is None else d.distractor_evidence()
+
+
+def detector_distractors(ev: Evidence, eligible: np.ndarray, bands: Bands, want: int, chosen: list[int]) -> list[Pick]:
+    """Up to ``select.distractors`` x ``want`` eligible candidates the detector nearly mistakes for the target
+    (:func:`distractor_evidence` at least ``select.distractor_min``), strongest first (ties by seeded key),
+    offered before the strata quotas; a candidate within ``leaks.near_duplicate`` of an earlier pick is skipped."""
+    cfg = ev.cfg
+    e = distractor_evidence(ev)
+    n = int(np.floor(cfg.distractors * want + 1e-9))
+    if e is None or n <= 0:
+        return []
+    rows = np.flatnonzero(eligible & (e >= cfg.distractor_min))
+    rows = rows[np.lexsort((ev.keys[rows], -e[rows]))]
+    V = ev.pool.vectors
+    taken = [np.asarray(V[r], np.float32) for r in chosen]
+    out: list[Pick] = []
+    for r in rows:
+        if len(out) >= n:
+            break
+        v = np.asarray(V[r], np.float32)
+        d = min((1.0 - float(v @ t) for t in taken), default=float("inf"))
+        if d < cfg.leaks.near_duplicate:
+            continue
+        taken.append(v)
+        out.append(Pick(int(r), "distractor", bands.name_of(int(r)), ev.pool.stratum_names[ev.pool.stratum[r]], 0,
+                        len(out) + 1, d, len(rows), n))
+    return out
+
+
+def distractor_text(ev: Evidence, row: int) -> str:
+    """What the detector saw in a distractor pick, in words."""
+    d = ev.pool.detections
+    return (f"confuser '{d.confuser_class[row]}' at score {float(d.confuser_score[row]):.3f} "
+            f"(target threshold of its source {float(d.confuser_threshold[row]):.3f})")
+
+
 def hardness_text(ev: Evidence, row: int) -> str:
     """What a pick's hardness is made of, in words."""
     scene = float(ev.pos_similarity[row])
@@ -197,6 +237,13 @@ def pick_reason(p: Pick, ev: Evidence, bands: Bands, want: int) -> str:
             f"model false positive: labelled without the target, but {h['source']} detects '{h['class']}' at score "
             f"{h['score']:.3f} (threshold {h['threshold']:.3f}) in box {box}; the most valuable hard negative, offered "
             f"first ({p.rank} of {p.available}); {p.band} band, {what}; seed {cfg.seed}"
+        )
+    if p.rule == "distractor":
+        e = float(distractor_evidence(ev)[p.row])
+        return (
+            f"detector distractor: the detector sees {distractor_text(ev, p.row)} (evidence {e:.3f}, at least "
+            f"select.distractor_min {cfg.distractor_min:g}); offered before the strata quotas, strongest first "
+            f"({p.rank} of up to {p.band_quota} from {p.available}); {p.band} band, {what}; seed {cfg.seed}"
         )
     lo, up = bands.edges(p.band)
     if p.rule == "fill":

@@ -42,6 +42,14 @@ class Detections:
             c = np.where(self.confuser_threshold > 0, self.confuser_score / self.confuser_threshold, self.confuser_score)
         return np.clip(np.nan_to_num(np.maximum(t, c)), 0.0, 1.0)
 
+    def distractor_evidence(self) -> np.ndarray:
+        """Per row, what could pass for the target (select's detector distractors): a confuser class's score
+        relative to its source's target threshold. A target detection never counts: on an unlabelled image it may
+        be the target, and on COCO128 near misses on labelled negatives (often unlabelled targets) made the chosen
+        sets worse (README, Detector distractors)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.nan_to_num(np.where(self.confuser_threshold > 0, self.confuser_score / self.confuser_threshold, 0.0))
+
 
 @dataclass
 class Pool:

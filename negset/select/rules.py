@@ -268,6 +268,17 @@ class Quarantine(Rule):
         )
 
 
+def spared_distractors(ev: Evidence, verdict: Verdict) -> Verdict:
+    """A context rule's verdict without the detector distractors (``select.distractors`` on): a candidate the
+    detector nearly mistakes for the target is relevant whatever its scene; how many were spared is a fact."""
+    d = ev.pool.detections
+    if d is None or ev.cfg.distractors <= 0:
+        return verdict
+    spare = verdict.mask & (d.distractor_evidence() >= ev.cfg.distractor_min)
+    return Verdict(verdict.mask & ~spare, verdict.score, verdict.detail,
+                   facts=dict(verdict.facts, spared_distractors=int(spare.sum())))
+
+
 class ContextBackground(Rule):
     name = "context:background"
     reads = ("context.require_positive_background",)
@@ -276,7 +287,7 @@ class ContextBackground(Rule):
         bg = ev.pool.background
         if not (ev.cfg.context.require_positive_background and bg is not None and len(ev.positives)):
             return None
-        return Verdict(live & ~np.isin(bg, np.unique(bg[ev.positives])), scene_score(ev))
+        return spared_distractors(ev, Verdict(live & ~np.isin(bg, np.unique(bg[ev.positives])), scene_score(ev)))
 
     def explain(self, row, score, detail, ev, facts):
         return "its background cluster has no positive"
@@ -293,7 +304,7 @@ class ContextIrrelevant(Rule):
         if not (pct > 0 and live.any() and len(ev.positives)):
             return None
         low = float(np.percentile(ev.pos_similarity[live], pct))
-        return Verdict(live & (ev.pos_similarity < low), scene_score(ev), facts=dict(below=low))
+        return spared_distractors(ev, Verdict(live & (ev.pos_similarity < low), scene_score(ev), facts=dict(below=low)))
 
     def explain(self, row, score, detail, ev, facts):
         return f"similarity {score:.3f} to the positives is under p{ev.cfg.context.irrelevant_below_percentile:g} of the pool"

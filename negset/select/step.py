@@ -45,7 +45,8 @@ from negset.select.bands import assign_bands
 from negset.select.choice import Choice
 from negset.select.evidence import gather_evidence
 from negset.select.ledger import Ledger
-from negset.select.picks import model_false_positives, pick_reason, pick_strata, shortfall_fill, strata_table
+from negset.select.picks import (detector_distractors, model_false_positives, pick_reason, pick_strata,
+                                 shortfall_fill, strata_table)
 from negset.select.pool import Pool, load_pool
 from negset.select.quotas import axis_warning, count_strata, stratum_quotas, usable_axes
 from negset.review.decisions import CONTAINS_TARGET, read_reviews, reviews_path
@@ -100,6 +101,8 @@ def choose(pool: Pool, cfg: Select, want: int, reviewed: Reviewed | None = None,
     bands = assign_bands(ev.hardness, np.flatnonzero(eligible), cfg.bands)
     first = model_false_positives(ev, eligible, bands, want)  # offered before any quota
     rest = eligible.copy()
+    rest[[p.row for p in first]] = False
+    first += detector_distractors(ev, rest, bands, want - len(first), [p.row for p in first])  # then the distractors
     rest[[p.row for p in first]] = False
     strata = count_strata(pool, rest, bands.code)
     quotas = stratum_quotas(strata, want - len(first), cfg)

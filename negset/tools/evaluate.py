@@ -98,6 +98,7 @@ class TargetData:
     tgt: np.ndarray  # bool per base row: labelled with the target
     conf: np.ndarray  # bool per base row: a confuser image (never the target)
     features: Features
+    evidence: TargetEvidence | None = None  # the detections select's evidence hardness reads, for this target
 
 
 _OBJECTS: dict = {}
@@ -153,6 +154,82 @@ def _detections(layout: Layout, sha256: np.ndarray) -> np.ndarray | None:
     return out
 
 
+def _strongest_per_source(layout: Layout, sha256: np.ndarray, wanted: set[str]) -> dict[str, dict[int, tuple]]:
+    """source -> {base row: (score, class, box)} of the highest-scoring detection of a ``wanted`` class."""
+    from negset.detect import store
+    from negset.detect.names import normalise
+
+    t = store.read_detections(layout, ["sha256", "source", "class", "score", "x0", "y0", "x1", "y1"]).to_pydict()
+    row = {s: i for i, s in enumerate(sha256)}
+    best: dict[str, dict[int, tuple]] = {}
+    for k, (s, src, c, v) in enumerate(zip(t["sha256"], t["source"], t["class"], t["score"])):
+        i = row.get(s)
+        if i is None or normalise(c) not in wanted:
+            continue
+        mine = best.setdefault(src, {})
+        if i not in mine or v > mine[i][0]:
+            mine[i] = (float(v), c, (t["x0"][k], t["y0"][k], t["x1"][k], t["y1"][k]))
+    return best
+
+
+@dataclass
+class TargetEvidence:
+    """The raw detections select's evidence is made of, for the evaluated target (not ingest's): per source the
+    strongest target and confuser detection per base row. Each split calibrates the thresholds on its train
+    positives, as the detect step does on the project's positives."""
+
+    sources: list[str]
+    target: dict[str, dict[int, tuple]]
+    confuser: dict[str, dict[int, tuple]]
+    confusers: list[str]
+
+
+def target_evidence(params: Params, layout: Layout, base: Pool, target: str) -> TargetEvidence | None:
+    """The detections of the evaluated target and of its detect confusers (``detect.confusers``, else the COCO
+    defaults the detect step uses); None when the project has no detection evidence."""
+    from negset.detect import store
+    from negset.detect.names import normalise
+    from negset.detect.step import confuser_classes
+
+    if base.detections is None or not store.has_run(layout):
+        return None
+    t = normalise(target)
+    targets = {t} | {normalise(k) for k, v in params.detect.target_map.items() if normalise(v) == t}
+    known = {normalise(c) for c in store.read_detections(layout, ["class"]).column("class").to_pylist()}
+    confusers = sorted(confuser_classes(params.detect.confusers, targets, known))
+    sources = sorted(store.calibration(layout).get("sources") or {})
+    return TargetEvidence(sources, _strongest_per_source(layout, base.sha256, targets),
+                          _strongest_per_source(layout, base.sha256, set(confusers)), confusers)
+
+
+def split_detections(te: TargetEvidence, params: Params, train_pos: np.ndarray, rows: np.ndarray):
+    """select's Detections for the pool ``rows`` (base rows), thresholds calibrated on ``train_pos``."""
+    from negset.detect.calibrate import image_evidence, threshold_from_positives
+    from negset.select.pool import Detections
+
+    thresholds = {}
+    for s in te.sources:
+        got = te.target.get(s, {})
+        rec = threshold_from_positives([got[i][0] if i in got else 0.0 for i in train_pos], params.detect.calibration)
+        thresholds[s] = rec["threshold"] if got or params.detect.calibration.threshold is not None else None
+    n = len(rows)
+    d = Detections(target_score=np.zeros(n), threshold=np.full(n, np.nan), detected=np.zeros(n, bool),
+                   source=np.full(n, None, object), cls=np.full(n, None, object), box=np.full(n, None, object),
+                   confuser_score=np.zeros(n), confuser_threshold=np.full(n, np.nan),
+                   confuser_class=np.full(n, None, object), user_hit=np.full(n, None, object))
+    for j, i in enumerate(rows):
+        per = {s: dict(target=te.target.get(s, {}).get(int(i)), confuser=te.confuser.get(s, {}).get(int(i))) for s in te.sources}
+        ev = image_evidence(per, thresholds)
+        d.target_score[j] = ev["target_score"]
+        d.threshold[j] = np.nan if ev["target_threshold"] is None else ev["target_threshold"]
+        d.detected[j] = ev["detected_target"]
+        d.source[j], d.cls[j], d.box[j] = ev["target_source"], ev["target_class"], ev["target_box"]
+        d.confuser_score[j], d.confuser_class[j] = ev["confuser_score"], ev["confuser_class"]
+        ct = thresholds.get(ev["confuser_source"]) if ev["confuser_source"] else None
+        d.confuser_threshold[j] = np.nan if ct is None else ct
+    return d
+
+
 def prepare(params: Params, layout: Layout, target: str | None = None, confusers: list[str] | None = None) -> TargetData:
     """Load the labelled pool, the target's objects and the probes' features; check there is enough to split."""
     from negset.select.pool import load_pool
@@ -197,7 +274,8 @@ def prepare(params: Params, layout: Layout, target: str | None = None, confusers
     features = Features(vectors=np.asarray(base.vectors, np.float32), objects=objects, object_owner=owner,
                         windows=w_vec, window_owner=w_owner, window_kind=w_kind, confuser_window=w_conf,
                         detections=_detections(layout, base.sha256))
-    return TargetData(target, confusers, base, classes, tgt, conf, probes.project(features))
+    return TargetData(target, confusers, base, classes, tgt, conf, probes.project(features),
+                      target_evidence(params, layout, base, target))
 
 
 @dataclass
@@ -244,10 +322,13 @@ def reference_set(pos_similarity: np.ndarray, cand: np.ndarray, n: int, skip: fl
     return order[int(np.floor(skip * len(order))):][:n]
 
 
-def run_seed(td: TargetData, cfg: Select, seed: int, want: int | None, recall: float, proxies: list[str]) -> dict:
+def run_seed(td: TargetData, params: Params, seed: int, want: int | None, recall: float, proxies: list[str]) -> dict:
     """One split: the four negative sets, each proxy's false-positive rate per set, and the sets' metrics."""
+    cfg = params.select
     sp = split(td, seed)
     pool = td.base.subset(sp.idx, sp.positive)
+    if td.evidence is not None:  # the detect step's evidence as it would be for this target and these positives
+        pool.detections = split_detections(td.evidence, params, sp.train_pos, sp.idx)
     pool.has_target = td.tgt[sp.idx]  # the evaluated target (it may differ from ingest's)
     pool.labelled = np.ones(len(sp.idx), bool)
     n_want = want or cfg.size_for(int(sp.positive.sum()))
@@ -316,7 +397,7 @@ def evaluate(
     td = data or prepare(params, layout, target, confusers)
     cfg = params.select
     proxies = [p for p in probes.available(td.features) if proxies is None or p in proxies]
-    per_seed = [run_seed(td, cfg, seed, count, recall, proxies) for seed in range(seeds)]
+    per_seed = [run_seed(td, params, seed, count, recall, proxies) for seed in range(seeds)]
     numeric = [k for k, v in per_seed[0].items() if k != "seed" and isinstance(v, (int, float))]
     mean = {k: float(np.nanmean([s[k] for s in per_seed])) for k in numeric}
     result = dict(
@@ -329,6 +410,7 @@ def evaluate(
         proxies=proxies,
         hardness=per_seed[0]["hardness"],
         confuser_images=int(td.conf.sum()),
+        detect_confusers=td.evidence.confusers if td.evidence is not None else None,
         target_images=int(td.tgt.sum()),
         mean=mean,
         proxy=summarise(per_seed, proxies),

@@ -68,6 +68,7 @@ STAGES: dict[str, Stage] = {
         deps=(IMAGES, LABELS),
         params=("detect", "ingest.target", "ingest.positives"),
         outs=(Path_("data/detect"),),
+        reads=("negset/tools/confusers.py",),
     ),
     "tag": Stage(
         deps=(IMAGES, LABELS, Path_("data/embed"), Path_("data/detect")),

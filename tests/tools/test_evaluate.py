@@ -111,3 +111,38 @@ def test_evaluate_unknown_target_is_a_one_line_error(sample, capsys):
     code = main(["--params", str(sample / "params.yaml"), "evaluate", "--target", "unicorn", "--seeds", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "no image is labelled 'unicorn'" in err and "Traceback" not in err
+
+
+def test_detect_confusers_default_to_the_coco_lists_the_detector_knows():
+    from negset.detect.step import confuser_classes
+
+    coco = {c.lower() for c in COCO_CLASSES}
+    got = confuser_classes(None, {"dog"}, coco)
+    assert got == set(default_confusers("dog")) and "dog" not in got and "teddy bear" in got
+    # a detector without those classes has no default confusers; an explicit list wins; [] = none
+    assert confuser_classes(None, {"dog"}, {"dog", "widget"}) == set()
+    assert confuser_classes(["Cat", "dog"], {"dog"}, coco) == {"cat"}
+    assert confuser_classes([], {"dog"}, coco) == set()
+    # the target and a class target_map maps to it: the union of both lists, neither itself
+    both = confuser_classes(None, {"handbag", "backpack"}, coco)
+    assert {"umbrella", "suitcase", "tie"} <= both and not both & {"handbag", "backpack"}
+    assert confuser_classes(None, {"sample bag"}, coco) == set()  # outside COCO: none
+
+
+def test_evaluate_rebuilds_the_evidence_for_the_evaluated_target_calibrated_on_the_train_positives():
+    from types import SimpleNamespace
+
+    from negset.core.config import Detect
+    from negset.tools.evaluate import TargetEvidence, split_detections
+
+    params = SimpleNamespace(detect=Detect.model_validate({"calibration": {"recall": 1.0, "floor": 0.05, "ceiling": 0.9}}))
+    box = (0.0, 0.0, 9.0, 9.0)
+    te = TargetEvidence(sources=["yolox"], target={"yolox": {0: (0.6, "dog", box), 1: (0.3, "dog", box), 4: (0.2, "dog", box)}},
+                        confuser={"yolox": {3: (0.45, "cat", box)}}, confusers=["cat"])
+    d = split_detections(te, params, train_pos=np.array([0, 1]), rows=np.array([2, 3, 4]))
+    # the threshold keeps every train positive (recall 1.0): the lower of 0.6 and 0.3
+    assert np.allclose(d.threshold, 0.3) and not d.detected.any()
+    assert d.confuser_class[1] == "cat" and d.confuser_score[1] == pytest.approx(0.45)
+    assert d.confuser_threshold[1] == pytest.approx(0.3) and d.target_score[2] == pytest.approx(0.2)
+    # the cat (1.5 x the threshold) is distractor evidence; the weak dog (a target detection) is not
+    assert np.allclose(d.distractor_evidence(), [0.0, 1.5, 0.0])
