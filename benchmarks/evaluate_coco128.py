@@ -63,8 +63,10 @@ def build(work: Path, data: Path) -> tuple[Params, Layout]:
     work.mkdir(parents=True, exist_ok=True)
     (work / "params.yaml").write_text(text)
     params = load_params(work / "params.yaml")
-    # the embed section with its defaults: a changed default (e.g. embed.regions_from) rebuilds
-    want = dict(params=text, version=negset.__version__, embed=params.embed.model_dump(mode="json"))
+    # the embed and detect sections with their defaults: a changed default (embed.regions_from,
+    # detect tiles_when) rebuilds
+    want = dict(params=text, version=negset.__version__, embed=params.embed.model_dump(mode="json"),
+                detect=params.detect.model_dump(mode="json"))
     if not (stamp.exists() and json.loads(stamp.read_text()) == want):
         for name in BUILD_STEPS:  # embed and detect keep sha256-keyed caches: a rebuild pays only for what changed
             step_function(name)(params, layout)

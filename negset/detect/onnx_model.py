@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +88,10 @@ class OnnxDetector:
         self.file_sha256 = hashlib.sha256(data).hexdigest()
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if src.threads:
-            options.intra_op_num_threads = src.threads
+        # threads 0 (all cores): one image per core, each session run on one thread (a small detector spends much of
+        # a multi-threaded run synchronising); threads N: N threads inside each run, one image at a time
+        self.workers = 1 if src.threads else max(1, os.cpu_count() or 1)
+        options.intra_op_num_threads = src.threads or 1
         try:
             self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -124,6 +128,7 @@ class OnnxDetector:
         self.weak: tuple[tuple[int, ...], float] | None = None  # (target class ids, probe): tiles_when weak
         self.tiled = 0  # images the tiles ran on (this session)
         self.tile_passes = 0  # tiles run (this session)
+        self._count = threading.Lock()  # detect() runs in several threads at once
 
     def _tile_session(self, data: bytes, options, dims: list):
         """A session that takes the tiles' input side: the model's fixed input (and output) sides made free."""
@@ -277,8 +282,9 @@ class OnnxDetector:
             b, s, c, _ = self._window(image, windows[t], tile=True)
             keep = ~cut_by_tile(b, windows[t], w, h)
             found.append((b[keep], s[keep], c[keep], np.full(int(keep.sum()), t, np.int16)))
-        self.tiled += bool(tiles)
-        self.tile_passes += len(tiles)
+        with self._count:
+            self.tiled += bool(tiles)
+            self.tile_passes += len(tiles)
         b = np.concatenate([f[0] for f in found]) if found else np.zeros((0, 4))
         s, c, t = (np.concatenate([f[i] for f in found]) for i in (1, 2, 3))
         keep = nms_per_class(b, s, c, self.src.iou, self.src.max_detections)

@@ -81,24 +81,47 @@ def _detector_cache(det, layout: Layout):
     return row_cache(layout.data / "cache" / "detect" / det.key())
 
 
+def _detect_one(det, layout: Layout, im: dict, side: int) -> tuple[dict | None, dict | None]:
+    """(cache row, None) for one image, or (None, rejected row) when it cannot be decoded."""
+    try:
+        picture = load_rgb(layout.object_path(im["sha256"]), reduce_to=side)
+    except Exception as exc:  # decodable at ingest is not always decodable in full (truncated files)
+        return None, dict(uri=im["uri"], sha256=im["sha256"], step="detect", rule="undecodable",
+                          reason=f"{type(exc).__name__}: {str(exc)[:200]}")
+    found = det.detect(picture, (im["width"], im["height"]))
+    return dict(cls=found["cls"].tolist(), score=found["score"].round(5).tolist(),
+                box=found["box"].round(2).reshape(-1).tolist(), tile=found["tile"].tolist()), None
+
+
 def _fill_cache(det, layout: Layout, todo: list[dict], every: int) -> list[dict]:
-    """Run the detector on ``todo`` into its cache (written every ``every`` images); the images it could not decode."""
+    """Run the detector on ``todo`` into its cache (written every ``every`` images); the images it could not decode.
+
+    With ``det.workers`` > 1 that many images run at once (decode, ONNX Runtime and NumPy release the GIL),
+    a block of images at a time, results kept in ``todo``'s order.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     cache = _detector_cache(det, layout)
     rejected, pending = [], {}
     side = det.decode_side()
-    for im in track(todo, len(todo), f"detect {det.src.label}"):
-        try:
-            picture = load_rgb(layout.object_path(im["sha256"]), reduce_to=side)
-        except Exception as exc:  # decodable at ingest is not always decodable in full (truncated files)
-            rejected.append(dict(uri=im["uri"], sha256=im["sha256"], step="detect", rule="undecodable",
-                                 reason=f"{type(exc).__name__}: {str(exc)[:200]}"))
-            continue
-        found = det.detect(picture, (im["width"], im["height"]))
-        pending[im["sha256"]] = dict(cls=found["cls"].tolist(), score=found["score"].round(5).tolist(),
-                                     box=found["box"].round(2).reshape(-1).tolist(), tile=found["tile"].tolist())
-        if len(pending) >= every:
-            cache.add(pending)
-            pending = {}
+    block = max(1, min(every, 64 * det.workers))
+    with ThreadPoolExecutor(det.workers) as pool:
+        def results():
+            for start in range(0, len(todo), block):
+                part = todo[start : start + block]
+                if det.workers > 1:
+                    yield from zip(part, pool.map(lambda im: _detect_one(det, layout, im, side), part))
+                else:
+                    yield from ((im, _detect_one(det, layout, im, side)) for im in part)
+
+        for im, (row, bad) in track(results(), len(todo), f"detect {det.src.label}"):
+            if bad is not None:
+                rejected.append(bad)
+                continue
+            pending[im["sha256"]] = row
+            if len(pending) >= every:
+                cache.add(pending)
+                pending = {}
     cache.add(pending)
     return rejected
 

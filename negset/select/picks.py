@@ -172,6 +172,22 @@ def distractor_evidence(ev: Evidence) -> np.ndarray | None:
     return None if d is None else d.distractor_evidence()
 
 
+NO_OBJECT_HARDNESS = (
+    "no object-level hardness: the detector saw no confuser of the target (detect.confusers) in any candidate and "
+    "no regions were embedded, so hard negatives are ranked by whole-image similarity only; set detect.confusers "
+    "to detector classes that look like the target (or a target_map), or embed.regions: 3 for object similarity"
+)
+
+
+def no_object_hardness(ev: Evidence, cfg) -> bool:
+    """Whether nothing object-level ranks the hard negatives: no confuser detection among the candidates and
+    hardness by the whole image (README "Detector distractors")."""
+    if not ev.hardness_by.endswith("image"):
+        return False
+    e = distractor_evidence(ev)
+    return cfg.distractors <= 0 or e is None or not bool((e[ev.candidates] > 0).any())
+
+
 def detector_distractors(ev: Evidence, eligible: np.ndarray, bands: Bands, want: int, chosen: list[int]) -> list[Pick]:
     """Up to ``select.distractors`` x ``want`` eligible candidates the detector nearly mistakes for the target
     (:func:`distractor_evidence` at least ``select.distractor_min``), strongest first (ties by seeded key),

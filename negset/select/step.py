@@ -45,8 +45,8 @@ from negset.select.bands import assign_bands
 from negset.select.choice import Choice
 from negset.select.evidence import gather_evidence
 from negset.select.ledger import Ledger
-from negset.select.picks import (detector_distractors, model_false_positives, pick_reason, pick_strata,
-                                 shortfall_fill, strata_table)
+from negset.select.picks import (NO_OBJECT_HARDNESS, detector_distractors, model_false_positives, no_object_hardness,
+                                 pick_reason, pick_strata, shortfall_fill, strata_table)
 from negset.select.pool import Pool, load_pool
 from negset.select.quotas import axis_warning, count_strata, stratum_quotas, usable_axes
 from negset.review.decisions import CONTAINS_TARGET, read_reviews, reviews_path
@@ -104,6 +104,10 @@ def choose(pool: Pool, cfg: Select, want: int, reviewed: Reviewed | None = None,
     rest[[p.row for p in first]] = False
     first += detector_distractors(ev, rest, bands, want - len(first), [p.row for p in first])  # then the distractors
     rest[[p.row for p in first]] = False
+    warnings = [axis_warning(d, cfg.unknown_axis_share) for d in dropped_axes]
+    if no_object_hardness(ev, cfg):
+        warnings.append(NO_OBJECT_HARDNESS)
+        log.warning("select: %s", NO_OBJECT_HARDNESS)
     strata = count_strata(pool, rest, bands.code)
     quotas = stratum_quotas(strata, want - len(first), cfg)
     clock.lap("bands_quotas")
@@ -127,7 +131,7 @@ def choose(pool: Pool, cfg: Select, want: int, reviewed: Reviewed | None = None,
     return Choice(picks=picks, reasons=reasons, evidence=ev, ledger=ledger, bands=bands,
                   strata=strata_table(strata, quotas, picks), want=want, timings=clock.times,
                   axes=axes, dropped_axes=dropped_axes,
-                  warnings=[axis_warning(d, cfg.unknown_axis_share) for d in dropped_axes])
+                  warnings=warnings)
 
 
 def run(params: Params, layout: Layout) -> dict:

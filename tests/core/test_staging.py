@@ -30,7 +30,7 @@ def kill_embed_in_regions_phase(project):
     try:
         for line in proc.stderr:
             seen.append(line)
-            if "regions: " in line and "to embed" in line:
+            if "negset INFO regions" in line and "to embed" in line:
                 proc.send_signal(signal.SIGKILL)
                 break
             if time.monotonic() > deadline:
@@ -48,7 +48,7 @@ def model_size(project) -> int:
 
 
 def test_killed_embed_leaves_the_previous_outputs_whole(project):
-    write_params(project, embed={"threads": 1, "batch_size": 4})
+    write_params(project, embed={"threads": 1, "batch_size": 4, "regions": 3})
     run_step("ingest", project / "params.yaml")
     run_step("embed", project / "params.yaml")
     before = snapshot(project / "data" / "embed")
@@ -70,7 +70,7 @@ def test_killed_embed_leaves_the_previous_outputs_whole(project):
 
 
 def test_killed_first_embed_leaves_none_and_tag_says_so_in_one_line(project):
-    write_params(project, embed={"threads": 1, "batch_size": 4})
+    write_params(project, embed={"threads": 1, "batch_size": 4, "regions": 3})
     run_step("ingest", project / "params.yaml")
     kill_embed_in_regions_phase(project)
     assert not (project / "data" / "embed").exists()  # no half-written folder for the next step to read

@@ -14,7 +14,7 @@ import pytest
 
 from negset.core.layout import Layout
 from negset.embed.store import read_embeddings
-from tests.conftest import REPO, copy_built, run
+from tests.conftest import REPO, copy_built, run, write_params
 
 
 @pytest.fixture
@@ -149,13 +149,17 @@ def test_bar_chart_scales_to_the_largest_value():
     assert np.isclose(widths[2], 0.5)  # a zero is drawn as a hairline, not left out
 
 
-def test_hardness_chart_shows_the_hardness_the_bands_used(built_project):
+def test_hardness_chart_shows_the_hardness_the_bands_used(built):
     """The chart bins select's ``hardness`` (scores.parquet), not the whole-image ``pos_similarity``."""
     from negset.report import step as report
 
+    write_params(built, embed={"regions": 3})  # object hardness from region crops: the two differ
+    for step in ("embed", "select", "report"):
+        negset(built, "-q", step)
+    built_project = built
     folder = built_project / "data"
     summary = json.loads((folder / "select" / "summary.json").read_text())
-    assert summary["hardness"] == "regions"  # the demo embeds regions: the two differ
+    assert summary["hardness"] == "regions"
     scores = pq.read_table(folder / "select" / "scores.parquet").to_pylist()
     chosen = [r for r in scores if r["status"] == "chosen"]
     rest = [r for r in scores if r["status"] not in ("chosen", "positive", "target_label")]

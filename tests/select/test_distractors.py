@@ -80,3 +80,17 @@ def test_the_context_rules_spare_distractors_and_count_them():
     # with the distractors off the rule leaves it out again
     assert rejected(choose(pool, cfg(distractors=0, context=c.context.model_dump()), 8), pool, c)[int(low[0])]["rule"] \
         == "context:irrelevant"
+
+
+def test_a_choice_without_object_hardness_says_so():
+    """No region vectors and no confuser detection among the candidates: the bands rank by the whole image
+    only, and the choice warns (summary.json warnings); one confuser detection is enough to be quiet."""
+    from negset.select.picks import NO_OBJECT_HARDNESS
+
+    pool = labelled_pool()
+    choice = choose(pool, cfg(), 8)
+    assert choice.evidence.hardness_by == "image" and NO_OBJECT_HARDNESS in choice.warnings
+    confuser(pool.detections, N_POS + 3, "cat", 0.30)
+    assert NO_OBJECT_HARDNESS not in choose(pool, cfg(), 8).warnings
+    pool.detections = None  # no detect step at all
+    assert NO_OBJECT_HARDNESS in choose(pool, cfg(), 8).warnings
