@@ -97,6 +97,15 @@ def with_overrides(params: Params, sets: list[str]) -> Params:
     return Params.model_validate(raw)
 
 
+def shipped_hardness(sets: list[str]) -> list[str]:
+    """The build embeds regions (the region proxy needs them); the selection ranks as the shipped params.yaml
+    would: with ``embed.regions: 0`` there, ``select.hardness: image`` (unless ``--set select.hardness=...``)."""
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text()) or {}
+    if (shipped.get("embed") or {}).get("regions", 0) or any(s.startswith("select.hardness=") for s in sets):
+        return sets
+    return [*sets, "select.hardness=image"]
+
+
 def pooled(results: list[dict], proxy: str) -> dict:
     """Per set: the mean ratio to random over the targets and the tally of their verdicts."""
     out = {}
@@ -143,6 +152,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"{args.data}: no COCO128 here (pass --data DIR)")
     logging.basicConfig(level=logging.WARNING)
     params, layout = build(args.work, args.data)
+    args.set = shipped_hardness(args.set)
     params = with_overrides(params, args.set)
     targets = targets_with(args.data, MIN_IMAGES) if args.all else args.targets.split(",")
     results = []
