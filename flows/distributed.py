@@ -64,30 +64,40 @@ def _cluster(params) -> tuple[int, int]:
     return workers, threads
 
 
-def embed_distributed(params_path: str, root: str) -> dict:
-    """Run the embed step with its new work shared out to Dask workers; return its summary."""
+def _share_out(name: str, params_path: str, root: str, step_run, submit) -> dict:
+    """Run step ``name`` (``step_run(params, layout, compute=...)``) with its new work shared out to Dask workers.
+
+    ``submit(*lead, shards, threads)`` maps the step's shard task over the shards; the step calls
+    ``compute(*lead, sha256s)`` and gets back the rows the workers rejected. ``data/NAME/`` is replaced whole,
+    as by run_step."""
     params = load_params(params_path)
     workers, threads = _cluster(params)
 
-    @flow(name="negset-embed-distributed", task_runner=_runner(workers, params.embed.dask_address), log_prints=True)
+    @flow(name=f"negset-{name}-distributed", task_runner=_runner(workers, params.embed.dask_address), log_prints=True)
     def run() -> dict:
         used: set[str] = set()
 
-        def compute(shas: list[str]) -> list[dict]:
+        def compute(*lead_and_shas) -> list[dict]:
+            *lead, shas = lead_and_shas
             n = min(len(shas), workers * 4)
             shards = [shas[i::n] for i in range(n)]
-            futures = embed_shard.map(unmapped(params_path), unmapped(root), shards, unmapped(threads))
-            results = [f.result() for f in futures]
+            results = [f.result() for f in submit(*lead, shards, threads)]
             used.update(r["worker"] for r in results)
             return [row for r in results for row in r["rejected"]]
 
         layout = Layout.at(root)
-        with staging.staged(layout, "embed") as staged:  # data/embed replaced whole, as by run_step
-            summary = embed.run(params, staged, compute=compute)
-        summary = unstaged(summary, staging.staging_path(layout, "embed"), layout, "embed")
+        with staging.staged(layout, name) as staged:
+            summary = step_run(params, staged, compute=compute)
+        summary = unstaged(summary, staging.staging_path(layout, name), layout, name)
         return dict(summary, workers=sorted(used))
 
     return run()
+
+
+def embed_distributed(params_path: str, root: str) -> dict:
+    """Run the embed step with its new work shared out to Dask workers; return its summary."""
+    return _share_out("embed", params_path, root, embed.run, lambda shards, threads: embed_shard.map(
+        unmapped(params_path), unmapped(root), shards, unmapped(threads)))
 
 
 def detect_distributed(params_path: str, root: str) -> dict:
@@ -95,25 +105,5 @@ def detect_distributed(params_path: str, root: str) -> dict:
 
     Threads per worker: embed's rule (the cores shared out on a local cluster), set on each detector source,
     which leaves the detections unchanged (the cache key does not hold ``threads``)."""
-    params = load_params(params_path)
-    workers, threads = _cluster(params)
-
-    @flow(name="negset-detect-distributed", task_runner=_runner(workers, params.embed.dask_address), log_prints=True)
-    def run() -> dict:
-        used: set[str] = set()
-
-        def compute(label: str, shas: list[str]) -> list[dict]:
-            n = min(len(shas), workers * 4)
-            shards = [shas[i::n] for i in range(n)]
-            futures = detect_shard.map(unmapped(params_path), unmapped(root), unmapped(label), shards, unmapped(threads))
-            results = [f.result() for f in futures]
-            used.update(r["worker"] for r in results)
-            return [row for r in results for row in r["rejected"]]
-
-        layout = Layout.at(root)
-        with staging.staged(layout, "detect") as staged:  # data/detect replaced whole, as by run_step
-            summary = detect.run(params, staged, compute=compute)
-        summary = unstaged(summary, staging.staging_path(layout, "detect"), layout, "detect")
-        return dict(summary, workers=sorted(used))
-
-    return run()
+    return _share_out("detect", params_path, root, detect.run, lambda label, shards, threads: detect_shard.map(
+        unmapped(params_path), unmapped(root), unmapped(label), shards, unmapped(threads)))
