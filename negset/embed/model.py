@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ class Embedder:
     runtime: str = "torch"  # torch | onnx
     device: str = "cpu"
     session: "object | None" = None  # onnxruntime.InferenceSession when runtime == "onnx"
+    model_workers: int = 1  # batches run at once (ONNX Runtime, one thread per run: embed.threads 0)
 
     def identity(self) -> dict:
         """What determines the vectors: model, weights and preprocessing."""
@@ -185,7 +187,10 @@ class Embedder:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        # threads 0 (all cores): one batch per core, each run on one thread (measured on 2 cores: the detector's
+        # multi-threaded runs spent up to half their CPU time synchronising); threads N: N threads inside a run
+        self.model_workers = 1 if threads else max(1, os.cpu_count() or 1)
+        options.intra_op_num_threads = threads or 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # batch sizes vary (a refresh's few new images, region crops): a memory pattern is planned per
@@ -495,15 +500,16 @@ def embed_files(emb: Embedder, paths: list[Path], batch_size: int, threads: int 
         feats, probs, fmap = emb.run(np.stack(arrays), with_map=with_map)
         return (idx, feats, probs, failures, fmap) if with_map else (idx, feats, probs, failures)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = None
+    # decode runs ahead by one batch per model worker; batches come back in order
+    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=emb.model_workers) as models:
+        ahead: deque = deque()
         for start in starts:
             futures = [pool.submit(_load_or_reason, emb, p) for p in paths[start : start + batch_size]]
-            if pending is not None:
-                yield finish(*pending)
-            pending = (start, futures)
-        if pending is not None:
-            yield finish(*pending)
+            ahead.append(models.submit(finish, start, futures))
+            while len(ahead) > emb.model_workers:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
 
 
 CACHE_SCHEMA_FIELDS = ("sha256", "embedding", "top1", "top1_prob", "top5")
