@@ -162,12 +162,17 @@ def similarity_to_positives(
     torch = _torch()
     dtype = torch.float32 if exact else torch.bfloat16
     Pt = torch.from_numpy(np.ascontiguousarray(P, dtype=np.float32)).to(dtype)
+    # some rows of a matrix: gathered by torch (every core) instead of NumPy fancy indexing (one core)
+    Vt = _tensor(C.V) if isinstance(C, RowView) else None
     with torch.inference_mode():
         for start in range(0, n, chunk):
-            block = np.asarray(C[start : start + chunk])
-            if block.dtype not in (np.float16, np.float32):
-                block = block.astype(np.float32)
-            block = torch.from_numpy(np.ascontiguousarray(block)).to(dtype)
+            if Vt is not None:
+                block = Vt.index_select(0, torch.from_numpy(np.asarray(C.rows[start : start + chunk], np.int64)))
+            else:
+                block = _tensor(np.ascontiguousarray(np.asarray(C[start : start + chunk])))
+            if block.dtype not in (torch.float16, torch.float32):
+                block = block.float()
+            block = block.to(dtype)
             sims = block @ Pt.T
             if k == 1:  # the same value and index as topk, several times faster
                 vals, idx = sims.max(dim=1, keepdim=True)
@@ -287,73 +292,60 @@ class PositiveIndex:
         """(top-k similarities in descending order, their positive indices) per row of C (approximate).
 
         A row whose probed lists hold fewer than k positives gets -3.0 (index 0) in the places left.
+        Runs in torch (float32 products, every core: gathers, conversions and top-k too).
         """
+        torch = _torch()
         n = len(C)
         vals = np.empty((n, k), np.float32)
         idx = np.empty((n, k), np.int64)
-        for start in range(0, n, chunk):
-            X = _as_float32(np.asarray(C[start : start + chunk]))
-            vals[start : start + len(X)], idx[start : start + len(X)] = self._search_block(X, k)
+        cent, grouped = torch.from_numpy(self.centroids), torch.from_numpy(self.grouped)
+        with torch.inference_mode():
+            for start in range(0, n, chunk):
+                X = _float32_tensor(np.asarray(C[start : start + chunk]))
+                v, i = self._search_block(X, k, cent, grouped)
+                vals[start : start + len(X)], idx[start : start + len(X)] = v.numpy(), self.members[i.numpy()]
         return vals, idx
 
-    def _search_block(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """One block: the (row, probed list) pairs grouped by list, one product per list against its positives,
-        each pair's best k, then each row's best k of its probes (descending)."""
+    def _search_block(self, X, k: int, cent, grouped):
+        """One block (torch float32): the (row, probed list) pairs grouped by list, one product per list against
+        its positives, each pair's best k, then each row's best k of its probes (descending; grouped indices)."""
+        torch = _torch()
         m, probe = len(X), self.nprobe
-        probed = _top_k(X @ self.centroids.T, probe)[1].reshape(-1)  # list of each (row, probe) pair
-        order = np.argsort(probed, kind="stable")
-        counts = np.bincount(probed, minlength=self.lists)
-        found_v = np.full((m * probe, k), -3.0, np.float32)
-        found_i = np.zeros((m * probe, k), np.int64)
+        probed = torch.topk(X @ cent.T, probe, dim=1).indices.reshape(-1)  # list of each (row, probe) pair
+        order = torch.argsort(probed, stable=True)
+        counts = torch.bincount(probed, minlength=self.lists).tolist()
+        found_v = torch.full((m * probe, k), -3.0, dtype=torch.float32)
+        found_i = torch.zeros((m * probe, k), dtype=torch.int64)
         at = 0
-        for j, cnt in enumerate(counts.tolist()):
+        for j, cnt in enumerate(counts):
             sel, at = order[at : at + cnt], at + cnt
             lo, hi = int(self.bounds[j]), int(self.bounds[j + 1])
             if cnt == 0 or hi == lo:
                 continue
-            v, cols = _top_k(X[sel // probe] @ self.grouped[lo:hi].T, k)
+            v, cols = torch.topk(X.index_select(0, sel // probe) @ grouped[lo:hi].T, min(k, hi - lo), dim=1)
             found_v[sel, : v.shape[1]] = v
             found_i[sel, : v.shape[1]] = cols + lo
-        found_v, found_i = found_v.reshape(m, probe * k), found_i.reshape(m, probe * k)
-        top = np.argsort(-found_v, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(found_v, top, axis=1), self.members[np.take_along_axis(found_i, top, axis=1)]
+        top_v, top = torch.topk(found_v.reshape(m, probe * k), k, dim=1)
+        return top_v, torch.gather(found_i.reshape(m, probe * k), 1, top)
 
 
-def _as_float32(block: np.ndarray) -> np.ndarray:
-    """A float32 copy of a block; float16 through torch, whose conversion runs on every core (the same values)."""
-    if block.dtype != np.float16:
-        return np.asarray(block, dtype=np.float32)
+def _tensor(a: np.ndarray):
+    """A torch tensor sharing ``a``'s memory (a read-only memory map too: only read here)."""
     torch = _torch()
-    with warnings.catch_warnings():  # a read-only memory map: only read here
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(block).float().numpy()
+        return torch.from_numpy(np.asarray(a))
 
 
-def _top_k(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(values, column indices) of the k largest values of each row (all when k >= width); overwrites S.
-
-    Small k: k passes of a row argmax (vectorised), several times faster
-    than ``argpartition`` on rows of a few hundred values.
-    """
-    w = S.shape[1]
-    if k >= w:
-        return S, np.broadcast_to(np.arange(w), S.shape)
-    if k > 8:
-        cols = np.argpartition(S, w - k, axis=1)[:, w - k :]
-        return np.take_along_axis(S, cols, axis=1), cols
-    rows = np.arange(len(S))
-    vals = np.empty((len(S), k), S.dtype)
-    cols = np.empty((len(S), k), np.int64)
-    for i in range(k):
-        cols[:, i] = j = S.argmax(axis=1)
-        vals[:, i] = S[rows, j]
-        S[rows, j] = -np.inf
-    return vals, cols
+def _float32_tensor(block: np.ndarray):
+    """A float32 torch tensor of a block (converted in torch: on every core)."""
+    return _tensor(np.ascontiguousarray(block)).float()
 
 
 def exact_similarity(V, rows: np.ndarray, P: np.ndarray, k: int, chunk: int = 4096):
-    """Exact float32 (mean top-k similarity, nearest similarity, nearest positive index) of rows ``rows`` of V."""
-    return _numpy_similarity_to_positives(RowView(V, np.asarray(rows, np.int64)), P, max(1, min(k, len(P))), chunk)
+    """Exact float32 (mean top-k similarity, nearest similarity, nearest positive index) of rows ``rows`` of V
+    (NumPy for small products, torch float32 on every core for large ones: the same float32 products)."""
+    return similarity_to_positives(RowView(V, np.asarray(rows, np.int64)), P, k, chunk, exact=True)
 
 
 @dataclass
