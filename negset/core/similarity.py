@@ -27,6 +27,12 @@ error (recall of the top-k, largest error of the top-k mean and of the
 nearest similarity). The selection then re-scores exactly (float32, all
 dimensions, all positives: :func:`exact_similarity`) every row whose decision
 lies within :meth:`Estimate.margin` of a threshold, and every pick.
+
+Threads: the large paths run in torch (its intra-op threads: every core),
+gathers of scattered rows (``RowView``: ``index_select``), float16 -> float32
+conversions and top-k included; NumPy's fancy indexing, float16 conversion,
+argmax and partition run on one core, so the NumPy kernels stay for the small
+products only.
 """
 
 from __future__ import annotations

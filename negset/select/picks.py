@@ -5,7 +5,8 @@ and picked by k-center greedy on the embeddings (each pick the farthest from
 the picks before it in the stratum), or seeded random (``diversity:
 random``). Cells larger than ``KCENTER_POOL_MAX`` are subsampled (seeded);
 cells over ``KCENTER_PROJECT_ABOVE`` values run on a seeded 128-d random
-projection. Labelled candidates the user's own model fires on (model false
+projection (one float32 matrix per seed), gathered, converted and projected in
+torch on every core once over ``KCENTER_TORCH_ABOVE`` values. Labelled candidates the user's own model fires on (model false
 positives) are offered before any quota. What the strata could not give is
 filled from the rest with the same band mix and k-center diversity (far from
 every negative chosen), never hardest first.
