@@ -170,16 +170,16 @@ def similarity_to_positives(
     Pt = torch.from_numpy(np.ascontiguousarray(P, dtype=np.float32)).to(dtype)
     # some rows of a matrix: gathered by torch (every core) instead of NumPy fancy indexing (one core)
     Vt = _tensor(C.V) if isinstance(C, RowView) else None
-    with torch.inference_mode():
-        for start in range(0, n, chunk):
+
+    def block_of(start: int) -> None:
+        with torch.inference_mode():
             if Vt is not None:
                 block = Vt.index_select(0, torch.from_numpy(np.asarray(C.rows[start : start + chunk], np.int64)))
             else:
                 block = _tensor(np.ascontiguousarray(np.asarray(C[start : start + chunk])))
             if block.dtype not in (torch.float16, torch.float32):
                 block = block.float()
-            block = block.to(dtype)
-            sims = block @ Pt.T
+            sims = block.to(dtype) @ Pt.T
             if k == 1:  # the same value and index as topk, several times faster
                 vals, idx = sims.max(dim=1, keepdim=True)
             else:
@@ -188,6 +188,8 @@ def similarity_to_positives(
             topk[start : start + len(block)] = vals.mean(dim=1).numpy()
             best[start : start + len(block)] = vals[:, 0].numpy()
             arg[start : start + len(block)] = idx[:, 0].numpy()
+
+    in_threads(block_of, range(0, n, chunk))  # blocks in parallel, one torch thread each
     return topk, best, arg
 
 
@@ -294,7 +296,7 @@ class PositiveIndex:
         return (f"inverted lists: {self.lists} k-means lists of about {len(self.members) // self.lists} positives, "
                 f"{self.nprobe} probed per row ({self.nprobe / self.lists:.1%} of the products), float32")
 
-    def search(self, C, k: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, C, k: int, chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
         """(top-k similarities in descending order, their positive indices) per row of C (approximate).
 
         A row whose probed lists hold fewer than k positives gets -3.0 (index 0) in the places left.
@@ -305,11 +307,14 @@ class PositiveIndex:
         vals = np.empty((n, k), np.float32)
         idx = np.empty((n, k), np.int64)
         cent, grouped = torch.from_numpy(self.centroids), torch.from_numpy(self.grouped)
-        with torch.inference_mode():
-            for start in range(0, n, chunk):
+
+        def block(start: int) -> None:
+            with torch.inference_mode():
                 X = _float32_tensor(np.asarray(C[start : start + chunk]))
                 v, i = self._search_block(X, k, cent, grouped)
                 vals[start : start + len(X)], idx[start : start + len(X)] = v.numpy(), self.members[i.numpy()]
+
+        in_threads(block, range(0, n, chunk))
         return vals, idx
 
     def _search_block(self, X, k: int, cent, grouped):
@@ -333,6 +338,39 @@ class PositiveIndex:
             found_i[sel, : v.shape[1]] = cols + lo
         top_v, top = torch.topk(found_v.reshape(m, probe * k), k, dim=1)
         return top_v, torch.gather(found_i.reshape(m, probe * k), 1, top)
+
+
+def in_threads(fn, items) -> None:
+    """``fn(item)`` for every item, on one Python thread per core, each running torch on one thread.
+
+    Blocks of rows in parallel instead of torch's threads inside each op: the
+    many small ops of a block (one product and top-k per list) would each
+    synchronise torch's threads, and on a machine shared with other work a
+    descheduled thread stalls its partner at every op (measured: 3x the CPU
+    time). Each block is computed by one thread alone, so results do not
+    depend on the number of threads. torch releases the GIL inside its ops.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch = _torch()
+    items = list(items)
+    workers = min(torch.get_num_threads(), len(items))
+    if workers <= 1:
+        for it in items:
+            fn(it)
+        return
+
+    def one(it):
+        torch.set_num_threads(1)  # this thread's torch ops on itself only
+        fn(it)
+
+    before = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(one, items):
+                pass
+    finally:
+        torch.set_num_threads(before)
 
 
 def _tensor(a: np.ndarray):
