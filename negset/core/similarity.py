@@ -27,6 +27,12 @@ error (recall of the top-k, largest error of the top-k mean and of the
 nearest similarity). The selection then re-scores exactly (float32, all
 dimensions, all positives: :func:`exact_similarity`) every row whose decision
 lies within :meth:`Estimate.margin` of a threshold, and every pick.
+
+Threads: the large paths run in torch (its intra-op threads: every core),
+gathers of scattered rows (``RowView``: ``index_select``), float16 -> float32
+conversions and top-k included; NumPy's fancy indexing, float16 conversion,
+argmax and partition run on one core, so the NumPy kernels stay for the small
+products only.
 """
 
 from __future__ import annotations
@@ -162,13 +168,18 @@ def similarity_to_positives(
     torch = _torch()
     dtype = torch.float32 if exact else torch.bfloat16
     Pt = torch.from_numpy(np.ascontiguousarray(P, dtype=np.float32)).to(dtype)
-    with torch.inference_mode():
-        for start in range(0, n, chunk):
-            block = np.asarray(C[start : start + chunk])
-            if block.dtype not in (np.float16, np.float32):
-                block = block.astype(np.float32)
-            block = torch.from_numpy(np.ascontiguousarray(block)).to(dtype)
-            sims = block @ Pt.T
+    # some rows of a matrix: gathered by torch (every core) instead of NumPy fancy indexing (one core)
+    Vt = _tensor(C.V) if isinstance(C, RowView) else None
+
+    def block_of(start: int) -> None:
+        with torch.inference_mode():
+            if Vt is not None:
+                block = Vt.index_select(0, torch.from_numpy(np.asarray(C.rows[start : start + chunk], np.int64)))
+            else:
+                block = _tensor(np.ascontiguousarray(np.asarray(C[start : start + chunk])))
+            if block.dtype not in (torch.float16, torch.float32):
+                block = block.float()
+            sims = block.to(dtype) @ Pt.T
             if k == 1:  # the same value and index as topk, several times faster
                 vals, idx = sims.max(dim=1, keepdim=True)
             else:
@@ -177,6 +188,8 @@ def similarity_to_positives(
             topk[start : start + len(block)] = vals.mean(dim=1).numpy()
             best[start : start + len(block)] = vals[:, 0].numpy()
             arg[start : start + len(block)] = idx[:, 0].numpy()
+
+    in_threads(block_of, range(0, n, chunk))  # blocks in parallel, one torch thread each
     return topk, best, arg
 
 
@@ -283,77 +296,100 @@ class PositiveIndex:
         return (f"inverted lists: {self.lists} k-means lists of about {len(self.members) // self.lists} positives, "
                 f"{self.nprobe} probed per row ({self.nprobe / self.lists:.1%} of the products), float32")
 
-    def search(self, C, k: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, C, k: int, chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
         """(top-k similarities in descending order, their positive indices) per row of C (approximate).
 
         A row whose probed lists hold fewer than k positives gets -3.0 (index 0) in the places left.
+        Runs in torch (float32 products, every core: gathers, conversions and top-k too).
         """
+        torch = _torch()
         n = len(C)
         vals = np.empty((n, k), np.float32)
         idx = np.empty((n, k), np.int64)
-        for start in range(0, n, chunk):
-            X = _as_float32(np.asarray(C[start : start + chunk]))
-            vals[start : start + len(X)], idx[start : start + len(X)] = self._search_block(X, k)
+        cent, grouped = torch.from_numpy(self.centroids), torch.from_numpy(self.grouped)
+
+        def block(start: int) -> None:
+            with torch.inference_mode():
+                X = _float32_tensor(np.asarray(C[start : start + chunk]))
+                v, i = self._search_block(X, k, cent, grouped)
+                vals[start : start + len(X)], idx[start : start + len(X)] = v.numpy(), self.members[i.numpy()]
+
+        in_threads(block, range(0, n, chunk))
         return vals, idx
 
-    def _search_block(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """One block: the (row, probed list) pairs grouped by list, one product per list against its positives,
-        each pair's best k, then each row's best k of its probes (descending)."""
+    def _search_block(self, X, k: int, cent, grouped):
+        """One block (torch float32): the (row, probed list) pairs grouped by list, one product per list against
+        its positives, each pair's best k, then each row's best k of its probes (descending; grouped indices)."""
+        torch = _torch()
         m, probe = len(X), self.nprobe
-        probed = _top_k(X @ self.centroids.T, probe)[1].reshape(-1)  # list of each (row, probe) pair
-        order = np.argsort(probed, kind="stable")
-        counts = np.bincount(probed, minlength=self.lists)
-        found_v = np.full((m * probe, k), -3.0, np.float32)
-        found_i = np.zeros((m * probe, k), np.int64)
+        probed = torch.topk(X @ cent.T, probe, dim=1).indices.reshape(-1)  # list of each (row, probe) pair
+        order = torch.argsort(probed, stable=True)
+        counts = torch.bincount(probed, minlength=self.lists).tolist()
+        found_v = torch.full((m * probe, k), -3.0, dtype=torch.float32)
+        found_i = torch.zeros((m * probe, k), dtype=torch.int64)
         at = 0
-        for j, cnt in enumerate(counts.tolist()):
+        for j, cnt in enumerate(counts):
             sel, at = order[at : at + cnt], at + cnt
             lo, hi = int(self.bounds[j]), int(self.bounds[j + 1])
             if cnt == 0 or hi == lo:
                 continue
-            v, cols = _top_k(X[sel // probe] @ self.grouped[lo:hi].T, k)
+            v, cols = torch.topk(X.index_select(0, sel // probe) @ grouped[lo:hi].T, min(k, hi - lo), dim=1)
             found_v[sel, : v.shape[1]] = v
             found_i[sel, : v.shape[1]] = cols + lo
-        found_v, found_i = found_v.reshape(m, probe * k), found_i.reshape(m, probe * k)
-        top = np.argsort(-found_v, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(found_v, top, axis=1), self.members[np.take_along_axis(found_i, top, axis=1)]
+        top_v, top = torch.topk(found_v.reshape(m, probe * k), k, dim=1)
+        return top_v, torch.gather(found_i.reshape(m, probe * k), 1, top)
 
 
-def _as_float32(block: np.ndarray) -> np.ndarray:
-    """A float32 copy of a block; float16 through torch, whose conversion runs on every core (the same values)."""
-    if block.dtype != np.float16:
-        return np.asarray(block, dtype=np.float32)
-    torch = _torch()
-    with warnings.catch_warnings():  # a read-only memory map: only read here
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(block).float().numpy()
+def in_threads(fn, items) -> None:
+    """``fn(item)`` for every item, on one Python thread per core, each running torch on one thread.
 
-
-def _top_k(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(values, column indices) of the k largest values of each row (all when k >= width); overwrites S.
-
-    Small k: k passes of a row argmax (vectorised), several times faster
-    than ``argpartition`` on rows of a few hundred values.
+    Blocks of rows in parallel instead of torch's threads inside each op: the
+    many small ops of a block (one product and top-k per list) would each
+    synchronise torch's threads, and on a machine shared with other work a
+    descheduled thread stalls its partner at every op (measured: 3x the CPU
+    time). Each block is computed by one thread alone, so results do not
+    depend on the number of threads. torch releases the GIL inside its ops.
     """
-    w = S.shape[1]
-    if k >= w:
-        return S, np.broadcast_to(np.arange(w), S.shape)
-    if k > 8:
-        cols = np.argpartition(S, w - k, axis=1)[:, w - k :]
-        return np.take_along_axis(S, cols, axis=1), cols
-    rows = np.arange(len(S))
-    vals = np.empty((len(S), k), S.dtype)
-    cols = np.empty((len(S), k), np.int64)
-    for i in range(k):
-        cols[:, i] = j = S.argmax(axis=1)
-        vals[:, i] = S[rows, j]
-        S[rows, j] = -np.inf
-    return vals, cols
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch = _torch()
+    items = list(items)
+    workers = min(torch.get_num_threads(), len(items))
+    if workers <= 1:
+        for it in items:
+            fn(it)
+        return
+
+    def one(it):
+        torch.set_num_threads(1)  # this thread's torch ops on itself only
+        fn(it)
+
+    before = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(one, items):
+                pass
+    finally:
+        torch.set_num_threads(before)
+
+
+def _tensor(a: np.ndarray):
+    """A torch tensor sharing ``a``'s memory (a read-only memory map too: only read here)."""
+    torch = _torch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(a))
+
+
+def _float32_tensor(block: np.ndarray):
+    """A float32 torch tensor of a block (converted in torch: on every core)."""
+    return _tensor(np.ascontiguousarray(block)).float()
 
 
 def exact_similarity(V, rows: np.ndarray, P: np.ndarray, k: int, chunk: int = 4096):
-    """Exact float32 (mean top-k similarity, nearest similarity, nearest positive index) of rows ``rows`` of V."""
-    return _numpy_similarity_to_positives(RowView(V, np.asarray(rows, np.int64)), P, max(1, min(k, len(P))), chunk)
+    """Exact float32 (mean top-k similarity, nearest similarity, nearest positive index) of rows ``rows`` of V
+    (NumPy for small products, torch float32 on every core for large ones: the same float32 products)."""
+    return similarity_to_positives(RowView(V, np.asarray(rows, np.int64)), P, k, chunk, exact=True)
 
 
 @dataclass

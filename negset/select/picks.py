@@ -5,7 +5,8 @@ and picked by k-center greedy on the embeddings (each pick the farthest from
 the picks before it in the stratum), or seeded random (``diversity:
 random``). Cells larger than ``KCENTER_POOL_MAX`` are subsampled (seeded);
 cells over ``KCENTER_PROJECT_ABOVE`` values run on a seeded 128-d random
-projection. Labelled candidates the user's own model fires on (model false
+projection (one float32 matrix per seed), gathered, converted and projected in
+torch on every core once over ``KCENTER_TORCH_ABOVE`` values. Labelled candidates the user's own model fires on (model false
 positives) are offered before any quota. What the strata could not give is
 filled from the rest with the same band mix and k-center diversity (far from
 every negative chosen), never hardest first.
@@ -24,6 +25,9 @@ from negset.select.quotas import Stratum, band_quotas
 KCENTER_POOL_MAX = 20_000  # larger cells are subsampled (seeded) before k-center greedy
 KCENTER_PROJECT_ABOVE = 1e6  # cells with more values (rows x dims): k-center on a 128-d random projection
 KCENTER_DIMS = 128
+# cells with more values: gathered, converted and projected in torch (threaded; numpy's float16 gather and
+# conversion run on one core); smaller cells keep the numpy path (no torch import for a small pool)
+KCENTER_TORCH_ABOVE = 2e6
 
 
 @dataclass(frozen=True)
@@ -82,15 +86,53 @@ def pick_cell(ev: Evidence, rows: np.ndarray, q: int, chosen: list[int], stop: f
         return np.arange(k), np.full(k, np.nan, np.float32)
     V = ev.pool.vectors
     centers = np.asarray(V[np.sort(np.asarray(chosen, np.int64))], np.float32) if chosen else None
+    size = len(rows) * V.shape[1]
+    if size > KCENTER_TORCH_ABOVE:  # large cell: projected in torch, on every core
+        R = projection(cfg.seed, V.shape[1])
+        X = projected_rows(V, rows, R)
+        if centers is not None:
+            centers = _unit_rows(centers @ R)
+        return kcenter_greedy(X, q, centers, stop)
     by_pos = np.argsort(rows, kind="stable")
     X = np.empty((len(rows), V.shape[1]), np.float32)
     X[by_pos] = V[rows[by_pos]]  # read in file order, keep the seeded order
-    if X.size > KCENTER_PROJECT_ABOVE:  # memory-bound: diversity on a seeded random projection
-        R = np.random.default_rng(cfg.seed).standard_normal((X.shape[1], KCENTER_DIMS)).astype(np.float32)
+    if size > KCENTER_PROJECT_ABOVE:  # memory-bound: diversity on a seeded random projection
+        R = projection(cfg.seed, X.shape[1])
         X = _unit_rows(X @ R)
         if centers is not None:
             centers = _unit_rows(centers @ R)
     return kcenter_greedy(X, q, centers, stop)
+
+
+_PROJECTIONS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def projection(seed: int, dims: int) -> np.ndarray:
+    """The seeded (dims x KCENTER_DIMS) float32 random projection (the same for every cell: made once per seed)."""
+    key = (seed, dims)
+    if key not in _PROJECTIONS:
+        R = np.random.default_rng(seed).standard_normal((dims, KCENTER_DIMS)).astype(np.float32)
+        _PROJECTIONS.clear()  # one kept: a selection uses one seed
+        _PROJECTIONS[key] = R
+    return _PROJECTIONS[key]
+
+
+def projected_rows(V, rows: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Unit rows of ``V[rows] @ R`` (in the order of ``rows``), float32: gathered in file order, converted and
+    projected in torch (float32 products, every core), never holding the cell at full width in numpy."""
+    import warnings
+
+    import torch
+
+    by_pos = np.argsort(rows, kind="stable")
+    with warnings.catch_warnings():  # a read-only memory map: only read here
+        warnings.simplefilter("ignore", UserWarning)
+        Vt = torch.from_numpy(V) if isinstance(V, np.ndarray) else torch.from_numpy(np.asarray(V))
+    with torch.inference_mode():
+        Xp = (Vt.index_select(0, torch.from_numpy(rows[by_pos])).float() @ torch.from_numpy(R)).numpy()
+    X = np.empty_like(Xp)
+    X[by_pos] = Xp
+    return _unit_rows(X)
 
 
 def pick_strata(ev: Evidence, eligible: np.ndarray, bands: Bands, strata: list[Stratum],

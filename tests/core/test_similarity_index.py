@@ -78,3 +78,30 @@ def test_kmeans_lists_cover_every_positive_once(data):
     assert sorted(index.members.tolist()) == list(range(len(P)))
     sizes = np.diff(index.bounds)
     assert (sizes > 0).all() and sizes.sum() == len(P) and index.lists == len(P) // sim.LIST_SIZE
+
+
+def test_large_products_in_threads_match_numpy_and_repeat(data):
+    """Over NUMPY_BELOW the kernels run blocks of rows on one Python thread per core (torch, one thread each):
+    the same float32 values as NumPy, the same nearest positive, the same on a second run, torch's threads restored."""
+    torch = pytest.importorskip("torch")
+    C, P, _ = data
+    rng = np.random.default_rng(5)
+    rows = np.sort(rng.choice(len(C), 5000, replace=False))
+    big = np.concatenate([P] * 5)  # 7,680 positives: 5,000 x 7,680 = 3.8e7 products, over NUMPY_BELOW
+    assert len(rows) * len(big) > sim.NUMPY_BELOW
+    before = torch.get_num_threads()
+    got = sim.exact_similarity(C, rows, big, 5, chunk=512)  # ten blocks
+    assert torch.get_num_threads() == before
+    want = sim._numpy_similarity_to_positives(sim.RowView(C, rows), big, 5, 4096)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], atol=1e-5)
+    np.testing.assert_array_equal(got[2] % len(P), want[2] % len(P))  # a copy of the same positive
+    again = sim.exact_similarity(C, rows, big, 5, chunk=512)
+    for a, b in zip(got, again):
+        np.testing.assert_array_equal(a, b)
+    # the index search: the same per row whatever the block size (each block on one thread)
+    ivf = sim.PositiveIndex(P, seed=2)
+    v1, i1 = ivf.search(C, 5, chunk=700)
+    v2, i2 = ivf.search(C, 5, chunk=6000)
+    np.testing.assert_allclose(v1, v2, atol=1e-6)
+    assert (i1 == i2).mean() > 0.999

@@ -44,6 +44,36 @@ def test_kcenter_greedy_picks_the_farthest_and_is_deterministic():
     assert len(rows3) == 4
 
 
+def test_large_cells_pick_on_the_seeded_projection_in_torch_as_numpy_would():
+    """A cell over KCENTER_TORCH_ABOVE values is gathered and projected in torch: the same picks as the numpy
+    projection (the same float32 products), the same on a second call, and other picks for another seed."""
+    from types import SimpleNamespace
+
+    from negset.select import picks as pk
+
+    rng = np.random.default_rng(3)
+    n, d = 3000, 1024  # 3.1M values: over KCENTER_TORCH_ABOVE
+    centres = rng.standard_normal((40, d))
+    V = (centres[rng.integers(0, 40, n)] + 0.3 * rng.standard_normal((n, d)) / np.sqrt(d)).astype(np.float32)
+    V = (V / np.linalg.norm(V, axis=1, keepdims=True)).astype(np.float16)
+    rows = rng.permutation(np.arange(0, n, 1))[:2500]  # a seeded order, not file order
+    assert len(rows) * d > pk.KCENTER_TORCH_ABOVE
+    ev = SimpleNamespace(cfg=SimpleNamespace(diversity="kcenter", seed=7), pool=SimpleNamespace(vectors=V))
+    chosen = [int(r) for r in rng.choice(np.setdiff1d(np.arange(n), rows), 5, replace=False)]
+    got, dist = pk.pick_cell(ev, rows, 30, chosen, 0.0)
+    R = pk.projection(7, d)
+    assert R.shape == (d, pk.KCENTER_DIMS) and R.dtype == np.float32
+    X = pk._unit_rows(np.asarray(V[rows], np.float32) @ R)
+    centers = pk._unit_rows(np.asarray(V[np.sort(chosen)], np.float32) @ R)
+    want, want_dist = pk.kcenter_greedy(X, 30, centers, 0.0)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(dist, want_dist, atol=1e-5)
+    assert len(set(got.tolist())) == 30
+    np.testing.assert_array_equal(pk.pick_cell(ev, rows, 30, chosen, 0.0)[0], got)
+    other = SimpleNamespace(cfg=SimpleNamespace(diversity="kcenter", seed=8), pool=ev.pool)
+    assert not np.array_equal(pk.pick_cell(other, rows, 30, chosen, 0.0)[0], got)
+
+
 def test_near_duplicate_groups_keep_the_first_of_each_group():
     rng = np.random.default_rng(1)
     base = rng.standard_normal((3, 32))
