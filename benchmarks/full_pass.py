@@ -55,7 +55,8 @@ def project(root: Path, regions_from: str | None, threads: int, regions: int | N
         params["embed"]["regions_from"] = regions_from
     if regions is not None:
         params["embed"]["regions"] = regions
-    params["embed"]["threads"] = threads
+    if threads != (os.cpu_count() or 1):  # fewer cores than the machine has: say so; else the shipped 0 (all)
+        params["embed"]["threads"] = threads
     shutil.copy(REPO / "negset.lock", root / "negset.lock") if (REPO / "negset.lock").exists() else None
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root / "params.yaml", images
