@@ -94,6 +94,12 @@ def main() -> None:
         params["embed"]["regions"] = args.regions
     print(f"pool {args.images} images, embed.regions {params['embed'].get('regions', 0)}", flush=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # the pool folder is a source: the ingest stage depends on it (as `negset init` writes dvc.yaml)
+    sys.path.insert(0, str(REPO))
+    from negset.core.config import load_params
+    from negset.tools.project import render_dvc_yaml
+
+    (root / "dvc.yaml").write_text(render_dvc_yaml(load_params(root / "params.yaml"), root, dev=True))
     # the pool is a source folder outside git (as a real pool would be: a bucket, a share, a dvc-tracked
     # folder): committed, its N photos sat in the git index, which dvc reads for every stage (1 s at 10,000)
     (root / ".gitignore").write_text("/examples/coco-sample/pool/\n")
