@@ -217,7 +217,7 @@ class Embed(_Section):
     weights: str | None = Field(None, description="local weights file for timm/torchvision models")
     image_size: int = Field(224, ge=32, le=1024)
     batch_size: int = Field(32, ge=1, le=4096)
-    threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
+    threads: int = Field(0, ge=0, description="cores to use; 0 = all: on ONNX Runtime one batch per core, each run on one thread; N: N threads in each run (torch: its threads)")
     checkpoint_every: int = Field(256, ge=1, description="images between writes to the embedding cache")
     runtime: Literal["auto", "onnx", "torch"] = Field(
         "auto", description="auto: ONNX Runtime on CPU (same vectors within 1e-4, ~2x faster), torch on CUDA"
@@ -290,7 +290,7 @@ class DetectSource(_Section):
     min_score: float = Field(0.05, ge=0, le=1, description="detections scoring under this are dropped (weak ones are evidence too)")
     iou: float = Field(0.45, gt=0, le=1, description="per-class non-maximum suppression IoU")
     max_detections: int = Field(100, ge=1, le=10000, description="at most this many detections per image (highest scores)")
-    threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = all cores")
+    threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = all cores, one image per core, each run on one thread; N: one image at a time on N threads")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "DetectSource":
