@@ -257,7 +257,8 @@ def run(params: Params, layout: Layout, compute=None) -> dict:
         else:
             found[src.label], bad, timing[src.label] = _run_detector(detectors[src.label], layout, images,
                                                                      cfg.checkpoint_every, compute)
-            rejected += [r for r in bad if r["sha256"] not in {x["sha256"] for x in rejected}]
+            seen = {x["sha256"] for x in rejected}
+            rejected += [r for r in bad if r["sha256"] not in seen]
     known = {normalise(c) for det in detectors.values() for c in (det.names or [])} | {
         normalise(r["cls"]) for src in cfg.sources if src.predictions for r in found[src.label]}
     confusers = confuser_classes(cfg.confusers, targets, known)

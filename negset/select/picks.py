@@ -297,7 +297,7 @@ def pick_reason(p: Pick, ev: Evidence, bands: Bands, want: int) -> str:
             f"first ({p.rank} of {p.available}); {p.band} band, {what}; seed {cfg.seed}"
         )
     if p.rule == "distractor":
-        e = float(distractor_evidence(ev)[p.row])
+        e = float(ev.pool.detections.distractor_evidence(np.asarray([p.row]))[0])  # one row, not the pool per pick
         return (
             f"detector distractor: the detector sees {distractor_text(ev, p.row)} (evidence {e:.3f}, at least "
             f"select.distractor_min {cfg.distractor_min:g}); offered before the strata quotas, strongest first "

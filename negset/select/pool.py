@@ -42,13 +42,15 @@ class Detections:
             c = np.where(self.confuser_threshold > 0, self.confuser_score / self.confuser_threshold, self.confuser_score)
         return np.clip(np.nan_to_num(np.maximum(t, c)), 0.0, 1.0)
 
-    def distractor_evidence(self) -> np.ndarray:
-        """Per row, what could pass for the target (select's detector distractors): a confuser class's score
-        relative to its source's target threshold. A target detection never counts: on an unlabelled image it may
-        be the target, and on COCO128 near misses on labelled negatives (often unlabelled targets) made the chosen
-        sets worse (README, Detector distractors)."""
+    def distractor_evidence(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Per row (all, or ``rows``), what could pass for the target (select's detector distractors): a confuser
+        class's score relative to its source's target threshold. A target detection never counts: on an unlabelled
+        image it may be the target, and on COCO128 near misses on labelled negatives (often unlabelled targets)
+        made the chosen sets worse (README, Detector distractors)."""
+        score, thr = (self.confuser_score, self.confuser_threshold) if rows is None else (
+            self.confuser_score[rows], self.confuser_threshold[rows])
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.nan_to_num(np.where(self.confuser_threshold > 0, self.confuser_score / self.confuser_threshold, 0.0))
+            return np.nan_to_num(np.where(thr > 0, score / thr, 0.0))
 
 
 @dataclass
