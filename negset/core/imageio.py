@@ -98,7 +98,7 @@ def load_rgb(path: Path | str, reduce_to: int | None = None, max_pixels: int | N
         im.load()
     if scale > 1:
         im = _reduced(im, scale)
-    im = ImageOps.exif_transpose(im)
+    ImageOps.exif_transpose(im, in_place=True)  # in place: no copy of the frame when it is upright already
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         bg = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -106,7 +106,7 @@ def load_rgb(path: Path | str, reduce_to: int | None = None, max_pixels: int | N
         return bg
     if im.mode == "I;16" or im.mode == "I":
         return im.point(lambda v: v / 256).convert("L").convert("RGB")
-    return im.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")  # RGB already: this decoded frame, not a copy of it
 
 
 def _reduced(im: Image.Image, scale: int) -> Image.Image:

@@ -296,10 +296,13 @@ class PositiveIndex:
         return (f"inverted lists: {self.lists} k-means lists of about {len(self.members) // self.lists} positives, "
                 f"{self.nprobe} probed per row ({self.nprobe / self.lists:.1%} of the products), float32")
 
-    def search(self, C, k: int, chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-        """(top-k similarities in descending order, their positive indices) per row of C (approximate).
+    def search(self, C, k: int, chunk: int = 16384, project: np.ndarray | None = None):
+        """(top-k similarities in descending order, their positive indices, projections or None) per row of C
+        (approximate).
 
         A row whose probed lists hold fewer than k positives gets -3.0 (index 0) in the places left.
+        ``project`` (dims x d, float32): each row's ``row @ project`` as well, from the same float32 block (the
+        selection's k-center projection: no second read and conversion of the pool).
         Runs in torch (float32 products, every core: gathers, conversions and top-k too).
         """
         torch = _torch()
@@ -307,22 +310,28 @@ class PositiveIndex:
         vals = np.empty((n, k), np.float32)
         idx = np.empty((n, k), np.int64)
         cent, grouped = torch.from_numpy(self.centroids), torch.from_numpy(self.grouped)
+        # the probe and the projection in one product: the centroids' columns, then the projection's
+        both = cent.T if project is None else torch.cat([cent.T, torch.from_numpy(np.asarray(project, np.float32))], 1)
+        proj = None if project is None else np.empty((n, project.shape[1]), np.float32)
 
         def block(start: int) -> None:
             with torch.inference_mode():
                 X = _float32_tensor(np.asarray(C[start : start + chunk]))
-                v, i = self._search_block(X, k, cent, grouped)
+                XB = X @ both
+                v, i = self._search_block(X, k, XB[:, : self.lists], grouped)
                 vals[start : start + len(X)], idx[start : start + len(X)] = v.numpy(), self.members[i.numpy()]
+                if proj is not None:
+                    proj[start : start + len(X)] = XB[:, self.lists :].numpy()
 
         in_threads(block, range(0, n, chunk))
-        return vals, idx
+        return vals, idx, proj
 
-    def _search_block(self, X, k: int, cent, grouped):
+    def _search_block(self, X, k: int, to_centroids, grouped):
         """One block (torch float32): the (row, probed list) pairs grouped by list, one product per list against
         its positives, each pair's best k, then each row's best k of its probes (descending; grouped indices)."""
         torch = _torch()
         m, probe = len(X), self.nprobe
-        probed = torch.topk(X @ cent.T, probe, dim=1).indices.reshape(-1)  # list of each (row, probe) pair
+        probed = torch.topk(to_centroids, probe, dim=1).indices.reshape(-1)  # list of each (row, probe) pair
         order = torch.argsort(probed, stable=True)
         counts = torch.bincount(probed, minlength=self.lists).tolist()
         found_v = torch.full((m * probe, k), -3.0, dtype=torch.float32)
@@ -338,6 +347,19 @@ class PositiveIndex:
             found_i[sel, : v.shape[1]] = cols + lo
         top_v, top = torch.topk(found_v.reshape(m, probe * k), k, dim=1)
         return top_v, torch.gather(found_i.reshape(m, probe * k), 1, top)
+
+
+PROJECTION_DIMS = 128  # the selection's k-center projection of large cells (negset.select.picks)
+_PROJECTIONS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def random_projection(seed: int, dims: int, out: int) -> np.ndarray:
+    """The seeded (dims x out) float32 Gaussian random projection (made once per seed and shape)."""
+    key = (seed, dims, out)
+    if key not in _PROJECTIONS:
+        _PROJECTIONS.clear()  # one kept: a selection uses one seed
+        _PROJECTIONS[key] = np.random.default_rng(seed).standard_normal((dims, out)).astype(np.float32)
+    return _PROJECTIONS[key]
 
 
 def in_threads(fn, items) -> None:
@@ -415,6 +437,7 @@ class Estimate:
     sample_topk: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # exact values there
     sample_best: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     recall: float = 1.0  # mean share of the exact top-k positives the estimate found, on the sample
+    projected: np.ndarray | None = None  # rows x d: each row @ the projection asked for (index path only), float32
 
     def errors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(estimated value, exact - estimated) on the sample; kind: topk | best."""
@@ -478,11 +501,11 @@ def unsure_order(a: Estimate, av: np.ndarray, b: Estimate, bv: np.ndarray) -> np
 
 
 def estimate_similarity(C, P: np.ndarray, k: int = 5, approx_above: float = INDEX_ABOVE, sample: int = SAMPLE_ROWS,
-                        seed: int = 0, index: bool = True) -> Estimate:
+                        seed: int = 0, index: bool = True, project: np.ndarray | None = None) -> Estimate:
     """The top-k similarity of each row of C to the rows of P: exact up to ``approx_above`` products, else
     approximate with its error measured on ``sample`` rows: an index over P (``index`` and at least
     INDEX_MIN_POSITIVES rows), or brute-force bfloat16 (rows of P spread over the whole pool, where lists
-    recall poorly)."""
+    recall poorly). ``project``: on the index path, also each row @ ``project`` (``Estimate.projected``)."""
     n, m = len(C), len(P)
     if n * m <= approx_above or m == 0 or n == 0:
         t, b, a = similarity_to_positives(C, P, k, exact=True)
@@ -491,7 +514,7 @@ def estimate_similarity(C, P: np.ndarray, k: int = 5, approx_above: float = INDE
     V, at = (C.V, C.rows) if isinstance(C, RowView) else (C, np.arange(n))
     if m >= INDEX_MIN_POSITIVES and index:
         ivf = PositiveIndex(P, seed)
-        vals, idx = ivf.search(C, k)
+        vals, idx, projected = ivf.search(C, k, project=project)
         topk, best, arg = vals.mean(axis=1, dtype=np.float32), vals[:, 0].copy(), idx[:, 0].copy()
         short = np.flatnonzero(vals[:, -1] < -2.0)  # probed lists with fewer than k positives: exact
         if len(short):
@@ -499,7 +522,7 @@ def estimate_similarity(C, P: np.ndarray, k: int = 5, approx_above: float = INDE
         method, lower, floor = ivf.describe(), True, INDEX_FLOOR
     else:
         topk, best, arg = similarity_to_positives(C, P, k, exact=False)
-        idx, method, lower, floor = None, "brute force, bfloat16", False, MARGIN_FLOOR
+        idx, method, lower, floor, projected = None, "brute force, bfloat16", False, MARGIN_FLOOR, None
     rows = np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
     sims = np.asarray(V[at[rows]], np.float32) @ np.ascontiguousarray(P, dtype=np.float32).T
     want = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # the exact top-k positives of the sampled rows
@@ -509,4 +532,4 @@ def estimate_similarity(C, P: np.ndarray, k: int = 5, approx_above: float = INDE
     if idx is not None:  # against the ones the index found
         recall = float(np.mean([len(set(w) & set(g)) / k for w, g in zip(want.tolist(), idx[rows].tolist())]))
     return Estimate(topk, best, arg, method, exact=False, lower_bound=lower, floor=floor, sample=rows, sample_topk=st,
-                    sample_best=sb, recall=recall)
+                    sample_best=sb, recall=recall, projected=projected)

@@ -79,7 +79,10 @@ class Embedder:
         image = image.crop((left, top, left + size, top + size))
         scale = (1.0 / (255.0 * np.asarray(self.std, np.float32))).astype(np.float32)
         shift = (np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32)).astype(np.float32)
-        arr = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
+        hwc = np.asarray(image, dtype=np.uint8)
+        arr = np.empty((3, size, size), np.float32)
+        for c in range(3):  # one plane at a time: layout and type together, several times faster than a transposed
+            arr[c] = hwc[:, :, c]  # astype of the whole image (the same values)
         arr *= scale[:, None, None]
         arr -= shift[:, None, None]
         return arr

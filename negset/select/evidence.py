@@ -62,6 +62,15 @@ class Evidence:
     rescored: dict = field(default_factory=dict)  # approximate estimate: rows re-scored exactly, by cause
     margins_used: dict = field(default_factory=dict)  # approximate estimate: cause -> threshold and margins
     approx_above: float = sim.INDEX_ABOVE  # products over this are approximated (here and in the quarantine)
+    projected_at: np.ndarray | None = None  # pool row -> row of estimate.projected (-1: none), when it was made
+
+    def projected_rows(self, rows: np.ndarray) -> np.ndarray | None:
+        """The k-center projections (float32, not normalised) of pool ``rows`` made in the similarity pass, or
+        None when that pass made none for some of them (small pools: exact, no index)."""
+        if self.projected_at is None:
+            return None
+        at = self.projected_at[rows]
+        return self.estimate.projected[at] if len(at) and (at >= 0).all() else None
 
     def name_of(self, row: int) -> str:
         """The uri of a pool row, '?' for none (-1)."""
@@ -156,7 +165,9 @@ def scene_similarity(pool: Pool, cand_rows: np.ndarray, pos_rows: np.ndarray, P:
     lo, hi = int(cand_rows[0]), int(cand_rows[-1]) + 1
     # contiguous candidates: a view, no copy; else gathered chunk by chunk
     C = pool.vectors[lo:hi] if hi - lo == len(cand_rows) else sim.RowView(pool.vectors, cand_rows)
-    est = sim.estimate_similarity(C, P, cfg.top_k, approx_above, seed=cfg.seed)
+    # the k-center projection of the picks comes from the same pass over the pool (index path only)
+    project = sim.random_projection(cfg.seed, P.shape[1], sim.PROJECTION_DIMS) if cfg.diversity == "kcenter" else None
+    est = sim.estimate_similarity(C, P, cfg.top_k, approx_above, seed=cfg.seed, project=project)
     topk[cand_rows], best[cand_rows], nearest[cand_rows] = est.topk, est.best, pos_rows[est.arg]
     return topk, best, nearest, est
 
@@ -231,6 +242,9 @@ def gather_evidence(pool: Pool, cfg: Select, approx_above: float = sim.INDEX_ABO
         pos_similarity=topk, nearest_similarity=best, nearest_positive=nearest,
         hardness=topk, hardness_by="image", keys=np.zeros(0, np.uint64), estimate=est, approx_above=approx_above,
     )
+    if est is not None and est.projected is not None:
+        ev.projected_at = np.full(len(pool.sha256), -1, np.int64)
+        ev.projected_at[cand_rows] = np.arange(len(cand_rows))
     if est is not None and not est.exact:
         # near-duplicates of a positive: every row near the threshold (or over it) is scored exactly first
         ev.exact = ~cand.copy()

@@ -5,8 +5,11 @@ and picked by k-center greedy on the embeddings (each pick the farthest from
 the picks before it in the stratum), or seeded random (``diversity:
 random``). Cells larger than ``KCENTER_POOL_MAX`` are subsampled (seeded);
 cells over ``KCENTER_PROJECT_ABOVE`` values run on a seeded 128-d random
-projection (one float32 matrix per seed), gathered, converted and projected in
-torch on every core once over ``KCENTER_TORCH_ABOVE`` values. Labelled candidates the user's own model fires on (model false
+projection (one float32 matrix per seed). A pool large enough for the approximate
+similarity has every candidate projected in that same pass over the vectors
+(``Evidence.projected_rows``); smaller pools project each cell here, gathered,
+converted and projected in torch on every core once over
+``KCENTER_TORCH_ABOVE`` values. Labelled candidates the user's own model fires on (model false
 positives) are offered before any quota. What the strata could not give is
 filled from the rest with the same band mix and k-center diversity (far from
 every negative chosen), never hardest first.
@@ -18,13 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from negset.core import similarity as sim
 from negset.select.bands import BANDS, Bands
 from negset.select.evidence import Evidence
 from negset.select.quotas import Stratum, band_quotas
 
 KCENTER_POOL_MAX = 20_000  # larger cells are subsampled (seeded) before k-center greedy
 KCENTER_PROJECT_ABOVE = 1e6  # cells with more values (rows x dims): k-center on a 128-d random projection
-KCENTER_DIMS = 128
+KCENTER_DIMS = sim.PROJECTION_DIMS
 # cells with more values: gathered, converted and projected in torch (threaded; numpy's float16 gather and
 # conversion run on one core); smaller cells keep the numpy path (no torch import for a small pool)
 KCENTER_TORCH_ABOVE = 2e6
@@ -87,6 +91,12 @@ def pick_cell(ev: Evidence, rows: np.ndarray, q: int, chosen: list[int], stop: f
     V = ev.pool.vectors
     centers = np.asarray(V[np.sort(np.asarray(chosen, np.int64))], np.float32) if chosen else None
     size = len(rows) * V.shape[1]
+    made = ev.projected_rows(rows) if size > KCENTER_PROJECT_ABOVE else None
+    if made is not None:  # a large pool: projected in the similarity pass already (one read of the vectors)
+        X = _unit_rows(made)
+        if centers is not None:
+            centers = _unit_rows(centers @ projection(cfg.seed, V.shape[1]))
+        return kcenter_greedy(X, q, centers, stop)
     if size > KCENTER_TORCH_ABOVE:  # large cell: projected in torch, on every core
         R = projection(cfg.seed, V.shape[1])
         X = projected_rows(V, rows, R)
@@ -104,17 +114,9 @@ def pick_cell(ev: Evidence, rows: np.ndarray, q: int, chosen: list[int], stop: f
     return kcenter_greedy(X, q, centers, stop)
 
 
-_PROJECTIONS: dict[tuple[int, int], np.ndarray] = {}
-
-
 def projection(seed: int, dims: int) -> np.ndarray:
     """The seeded (dims x KCENTER_DIMS) float32 random projection (the same for every cell: made once per seed)."""
-    key = (seed, dims)
-    if key not in _PROJECTIONS:
-        R = np.random.default_rng(seed).standard_normal((dims, KCENTER_DIMS)).astype(np.float32)
-        _PROJECTIONS.clear()  # one kept: a selection uses one seed
-        _PROJECTIONS[key] = R
-    return _PROJECTIONS[key]
+    return sim.random_projection(seed, dims, KCENTER_DIMS)
 
 
 def projected_rows(V, rows: np.ndarray, R: np.ndarray) -> np.ndarray:

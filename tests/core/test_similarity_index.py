@@ -65,7 +65,7 @@ def test_small_products_stay_exact_and_the_same(data):
 def test_recall_near_the_positives(data):
     C, P, (t, b, a) = data
     near = np.flatnonzero(t >= np.quantile(t, 0.6))
-    _, idx = sim.PositiveIndex(P).search(C[near], 5)
+    _, idx, _ = sim.PositiveIndex(P).search(C[near], 5)
     sims = np.asarray(C[near], np.float32) @ P.T
     want = np.argsort(-sims, axis=1)[:, :5]
     recall = np.mean([len(set(w) & set(g)) / 5 for w, g in zip(want.tolist(), idx.tolist())])
@@ -101,7 +101,12 @@ def test_large_products_in_threads_match_numpy_and_repeat(data):
         np.testing.assert_array_equal(a, b)
     # the index search: the same per row whatever the block size (each block on one thread)
     ivf = sim.PositiveIndex(P, seed=2)
-    v1, i1 = ivf.search(C, 5, chunk=700)
-    v2, i2 = ivf.search(C, 5, chunk=6000)
+    v1, i1, none = ivf.search(C, 5, chunk=700)
+    R = sim.random_projection(4, C.shape[1], 16)
+    v2, i2, proj = ivf.search(C, 5, chunk=6000, project=R)
     np.testing.assert_allclose(v1, v2, atol=1e-6)
     assert (i1 == i2).mean() > 0.999
+    # the projection asked for comes from the same pass: each row @ R, in row order
+    assert none is None and proj.shape == (len(C), 16)
+    np.testing.assert_allclose(proj, np.asarray(C, np.float32) @ R, atol=1e-4)
+    assert (sim.random_projection(4, C.shape[1], 16) is R) and not np.array_equal(sim.random_projection(5, C.shape[1], 16), R)

@@ -47,6 +47,15 @@ def test_forced_index_path_runs_approximate(both):
     assert not rep["exact"] and "inverted lists" in rep["method"]
     assert rep["recall"] >= 0.9
     assert rep["rescored"]["picks"] > 0 and set(rep["margins"]) >= {"near_duplicate", "quarantine"}
+    # the pass made every candidate's k-center projection too (large cells pick on it); the exact path made none
+    from negset.core import similarity as sim
+
+    pool, ev = approx.evidence.pool, approx.evidence
+    cand = np.flatnonzero(~pool.positive)
+    R = sim.random_projection(ev.cfg.seed, pool.vectors.shape[1], sim.PROJECTION_DIMS)
+    np.testing.assert_allclose(ev.projected_rows(cand), np.asarray(pool.vectors[cand], np.float32) @ R, atol=1e-4)
+    assert ev.projected_rows(np.flatnonzero(pool.positive)[:3]) is None  # positives: not candidates
+    assert exact.evidence.projected_rows(cand) is None
 
 
 @pytest.mark.parametrize("rule", ["near_duplicate", "quarantine"])

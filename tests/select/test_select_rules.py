@@ -58,7 +58,8 @@ def test_large_cells_pick_on_the_seeded_projection_in_torch_as_numpy_would():
     V = (V / np.linalg.norm(V, axis=1, keepdims=True)).astype(np.float16)
     rows = rng.permutation(np.arange(0, n, 1))[:2500]  # a seeded order, not file order
     assert len(rows) * d > pk.KCENTER_TORCH_ABOVE
-    ev = SimpleNamespace(cfg=SimpleNamespace(diversity="kcenter", seed=7), pool=SimpleNamespace(vectors=V))
+    ev = SimpleNamespace(cfg=SimpleNamespace(diversity="kcenter", seed=7), pool=SimpleNamespace(vectors=V),
+                         projected_rows=lambda rows: None)  # no projection from a similarity pass (small pool)
     chosen = [int(r) for r in rng.choice(np.setdiff1d(np.arange(n), rows), 5, replace=False)]
     got, dist = pk.pick_cell(ev, rows, 30, chosen, 0.0)
     R = pk.projection(7, d)
@@ -70,8 +71,17 @@ def test_large_cells_pick_on_the_seeded_projection_in_torch_as_numpy_would():
     np.testing.assert_allclose(dist, want_dist, atol=1e-5)
     assert len(set(got.tolist())) == 30
     np.testing.assert_array_equal(pk.pick_cell(ev, rows, 30, chosen, 0.0)[0], got)
-    other = SimpleNamespace(cfg=SimpleNamespace(diversity="kcenter", seed=8), pool=ev.pool)
+    other = SimpleNamespace(cfg=SimpleNamespace(diversity="kcenter", seed=8), pool=ev.pool, projected_rows=ev.projected_rows)
     assert not np.array_equal(pk.pick_cell(other, rows, 30, chosen, 0.0)[0], got)
+    # a large pool's similarity pass made the projections already (Evidence.projected_rows): they are used, not
+    # made again, and give the same picks; a wrong projection there would give other picks
+    made = np.asarray(V, np.float32) @ R
+    seen = []
+    ev.projected_rows = lambda r: seen.append(len(r)) or made[r]
+    np.testing.assert_array_equal(pk.pick_cell(ev, rows, 30, chosen, 0.0)[0], got)
+    assert seen == [len(rows)]
+    ev.projected_rows = lambda r: made[::-1][r]
+    assert not np.array_equal(pk.pick_cell(ev, rows, 30, chosen, 0.0)[0], got)
 
 
 def test_near_duplicate_groups_keep_the_first_of_each_group():
