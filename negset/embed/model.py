@@ -32,6 +32,9 @@ log = logging.getLogger("negset.embed")
 DEFAULT_MODEL = "efficientnet_lite0"
 
 
+ONNX_CPU_BATCH = 1  # images per ONNX Runtime run on the CPU (embed.batch_size images are decoded together)
+
+
 @dataclass
 class Embedder:
     name: str
@@ -111,7 +114,13 @@ class Embedder:
         if self.session is not None:
             names = [o.name for o in self.session.get_outputs()]
             wanted = [n for n in ("features", "logits", "map") if n in names and (n != "map" or with_map)]
-            got = dict(zip(wanted, self.session.run(wanted, {"images": np.ascontiguousarray(batch, dtype=np.float32)})))
+            batch = np.ascontiguousarray(batch, dtype=np.float32)
+            # on the CPU, runs of ONNX_CPU_BATCH images: their activations stay in the core's cache (measured on
+            # COCO128, one thread per run: 15.1 CPU ms per image one at a time, 16.4 eight, 17.8 thirty-two at a
+            # time; the vectors are bit-identical whatever the run size)
+            step = ONNX_CPU_BATCH if self.device == "cpu" else len(batch)
+            runs = [self.session.run(wanted, {"images": batch[i : i + step]}) for i in range(0, len(batch), step)]
+            got = {n: np.concatenate([r[j] for r in runs]) if len(runs) > 1 else runs[0][j] for j, n in enumerate(wanted)}
             feats = got["features"].astype(np.float32)
             feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
             probs = None
