@@ -1,7 +1,7 @@
 """Detection speed and target-absence recall on COCO128: whole image vs tiles always / where unsure / where weak.
 
     python -m benchmarks.detect_coco128 [--coco128 DIR] [--targets car,dog,person] [--splits 10] [--tiles 2]
-        [--settings whole,always,unsure,weak] [--probe 0.01]
+        [--settings whole,always,unsure,weak] [--probe 0.01] [--canvas square|fit|both]
 
 For each setting the builtin YOLOX-Nano runs over the 128 photos (decode +
 letterbox + model + NMS, the detect step's own code); ``unsure`` and ``weak``
@@ -21,7 +21,9 @@ target (what a real pool mostly holds). Settings: ``whole`` (no tiles),
 at or above the calibration ceiling), ``weak`` (the default: as unsure, and
 only where the whole image has a raw target score at or above ``--probe``,
 only the tiles holding it), ``weak320`` / ``weak256`` / ``always320`` (tiles
-at a smaller input).
+at a smaller input). ``--canvas``: the detector's canvas (``square``, the
+default: the model's square input; ``fit``: each side only as large as the
+letterboxed image needs, rounded up to 32; ``both``: each setting on both).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "
 
 def detect_all(paths: list[Path], tiles: int, overlap: float, min_score: float = 0.05, when: str = "always",
                target: str | None = None, ceiling: float = 0.1, probe: float = 0.01,
-               tile_size: int | None = None, baseline: bool = True) -> tuple[dict[str, dict[str, float]], float, float, float, float, dict]:
+               tile_size: int | None = None, baseline: bool = True, canvas: str = "square") -> tuple[dict[str, dict[str, float]], float, float, float, float, dict]:
     """Per photo stem: class -> max score; images/s (wall clock); CPU seconds per image (all threads); share of
     the photos the tiles ran on; tiles run per photo; per photo stem (CPU seconds, tiles, CPU seconds of the
     whole-image baseline). ``when`` unsure / weak: the tiles decided for ``target``. ``baseline``: before each
@@ -49,11 +51,11 @@ def detect_all(paths: list[Path], tiles: int, overlap: float, min_score: float =
     from negset.detect.onnx_model import MODELS, OnnxDetector
 
     det = OnnxDetector(DetectSource(model="builtin:yolox_nano", tiles=tiles, tile_overlap=overlap, min_score=min_score,
-                                    tiles_when=when, tile_probe=probe, tile_size=tile_size), MODELS)
+                                    tiles_when=when, tile_probe=probe, tile_size=tile_size, canvas=canvas), MODELS)
     if target:
         det.plan_tiles({target}, ceiling, normalise)
     side = det.decode_side()
-    whole = OnnxDetector(DetectSource(model="builtin:yolox_nano", min_score=min_score), MODELS) if baseline else None
+    whole = OnnxDetector(DetectSource(model="builtin:yolox_nano", min_score=min_score, canvas=canvas), MODELS) if baseline else None
     out, each = {}, {}
     wall, cpu = 0.0, 0.0
     for p in paths:
@@ -127,6 +129,8 @@ def main(argv=None) -> None:
     ap.add_argument("--probe", type=float, default=0.01, help="tile_probe of the 'weak' settings")
     ap.add_argument("--settings", default="whole,always,unsure,weak",
                     help=f"comma-separated, of: {', '.join(SETTINGS)}")
+    ap.add_argument("--canvas", default="square", choices=["square", "fit", "both"],
+                    help="the detector's canvas (detect.sources[].canvas; both: each setting on square, then fit)")
     args = ap.parse_args(argv)
     if not (args.coco128 / "images").is_dir():
         raise SystemExit(f"{args.coco128}: no COCO128 here (pass --coco128 DIR)")
@@ -153,19 +157,24 @@ def main(argv=None) -> None:
               f"{target:>7} {r['photos']:6d} {r['threshold']:6.3f} {r['recall']:6.2f} {r['min_recall']:5.2f} "
               f"{r['others_flagged']:6.2f}", flush=True)
 
+    canvases = ["square", "fit"] if args.canvas == "both" else [args.canvas]
     for key in args.settings.split(","):
-        label, when, size = SETTINGS[key]
-        tiles = args.tiles if when else 0
-        if when in (None, "always"):  # the same detections for every target: one run
-            scores, speed, cpu, tiled, passes, each = detect_all(paths, tiles, args.overlap, args.min_score,
-                                                                 when or "always", tile_size=size, baseline=when is not None)
-            for target in targets:
-                row(label, speed, cpu, tiled, passes, target, scores, each)
-        else:  # the tiles depend on the target: one run per target
-            for target in targets:
-                scores, speed, cpu, tiled, passes, each = detect_all(paths, tiles, args.overlap, args.min_score, when,
-                                                                     target, args.ceiling, args.probe, size)
-                row(label, speed, cpu, tiled, passes, target, scores, each)
+        for canvas in canvases:
+            label, when, size = SETTINGS[key]
+            label += ", fit canvas" if canvas == "fit" else ""
+            tiles = args.tiles if when else 0
+            if when in (None, "always"):  # the same detections for every target: one run
+                scores, speed, cpu, tiled, passes, each = detect_all(
+                    paths, tiles, args.overlap, args.min_score, when or "always", tile_size=size, baseline=when is not None,
+                    canvas=canvas)
+                for target in targets:
+                    row(label, speed, cpu, tiled, passes, target, scores, each)
+            else:  # the tiles depend on the target: one run per target
+                for target in targets:
+                    scores, speed, cpu, tiled, passes, each = detect_all(paths, tiles, args.overlap, args.min_score, when,
+                                                                         target, args.ceiling, args.probe, size,
+                                                                         canvas=canvas)
+                    row(label, speed, cpu, tiled, passes, target, scores, each)
     print("cpu s: CPU seconds per photo (decode + model + NMS, all threads); x whole: against the whole-image detector "
           "run on each photo just before (the same moments of a shared machine); tiled: photos the tiles ran on; tiles: tile passes per photo; no target: the "
           "same on the photos without the target (what a real pool mostly holds); recall: hidden target "

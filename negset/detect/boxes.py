@@ -74,17 +74,20 @@ def cut_by_tile(boxes: np.ndarray, window: tuple[int, int, int, int], width: int
     return cut
 
 
-def letterbox(image: Image.Image, size: int, where: str, pad: float) -> tuple[np.ndarray, float, float, float]:
-    """(HWC uint8 canvas of size x size, resize factor, x offset, y offset) of ``image`` fitted inside.
+def letterbox(image: Image.Image, size: int, where: str, pad: float, stride: int = 0) -> tuple[np.ndarray, float, float, float]:
+    """(HWC uint8 canvas, resize factor, x offset, y offset) of ``image`` fitted inside a square of ``size``.
 
-    ``where``: ``topleft`` (YOLOX) or ``center`` (Ultralytics). uint8 until the model's
-    own conversion: a float canvas costs more than the model's input needs (measured 4x).
+    ``where``: ``topleft`` (YOLOX) or ``center`` (Ultralytics). ``stride`` > 0: the canvas is only as large as the
+    resized image, each side rounded up to a multiple of ``stride`` (rectangular inference: the same scale, fewer
+    pixels of padding); 0: the whole square. uint8 until the model's own conversion: a float canvas costs more
+    than the model's input needs (measured 4x).
     """
     w, h = image.size
     r = min(size / w, size / h)
     nw, nh = max(1, round(w * r)), max(1, round(h * r))
     resized = np.asarray(image.resize((nw, nh), Image.BILINEAR), dtype=np.uint8)
-    canvas = np.full((size, size, 3), int(round(pad)), dtype=np.uint8)
-    dx, dy = ((size - nw) // 2, (size - nh) // 2) if where == "center" else (0, 0)
+    cw, ch = (min(size, -(-nw // stride) * stride), min(size, -(-nh // stride) * stride)) if stride else (size, size)
+    canvas = np.full((ch, cw, 3), int(round(pad)), dtype=np.uint8)
+    dx, dy = ((cw - nw) // 2, (ch - nh) // 2) if where == "center" else (0, 0)
     canvas[dy : dy + nh, dx : dx + nw] = resized
     return canvas, r, float(dx), float(dy)

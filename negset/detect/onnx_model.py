@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import threading
@@ -37,6 +38,8 @@ MODELS = Path(__file__).with_name("models")
 BUILTIN = {"yolox_nano": ("yolox_nano.onnx", "coco80_classes.txt")}
 YOLOX_STRIDES = (8, 16, 32)
 _MAX_CANDIDATES = 4000  # (anchor, class) pairs kept before NMS: the highest scores
+CANVAS_STRIDE = 32  # canvas fit: input sides are multiples of this (the largest stride of YOLOX and Ultralytics)
+log = logging.getLogger("negset.detect")
 
 
 def model_path(spec: str, root: Path) -> Path:
@@ -115,14 +118,20 @@ class OnnxDetector:
         self.scale = src.scale if src.scale is not None else (1.0 if yolox else 1.0 / 255.0)
         self.mean = np.asarray(src.mean, np.float32) if src.mean else None
         self.std = np.asarray(src.std, np.float32) if src.std else None
-        self.grids = {self.size: self._grid(probe.shape[1], self.size)} if yolox and src.grid_decode else {}
+        self.grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (height, width) -> YOLOX grid
+        if yolox and src.grid_decode:
+            self.grids[(self.size, self.size)] = self._grid(probe.shape[1], self.size, self.size)
         self.tile_size = src.tile_size or self.size
         self.tile_session = self.session
         if src.tiles > 0 and self.tile_size != self.size:
             self.tile_session = self._tile_session(data, options, dims)
-            if yolox and src.grid_decode:
-                shape = self.tile_session.run(None, {self.input_name: np.zeros((1, 3, self.tile_size, self.tile_size), np.float32)})[0].shape
-                self.grids[self.tile_size] = self._grid(shape[1], self.tile_size)
+        # canvas fit: rectangular inputs (sides multiples of CANVAS_STRIDE) on a session whose input sides are free
+        self.stride = 0
+        if src.canvas == "fit":
+            free = self._free_session(data, options, dims)
+            if free is not None:
+                self.tile_session = free if self.tile_session is self.session else self.tile_session
+                self.session, self.stride = free, CANVAS_STRIDE
         self.windows_per_image = len(tile_windows(100, 100, src.tiles, src.tile_overlap))
         self.conclusive: tuple[tuple[int, ...], float] | None = None  # (target class ids, score): tiles_when unsure
         self.weak: tuple[tuple[int, ...], float] | None = None  # (target class ids, probe): tiles_when weak
@@ -132,22 +141,44 @@ class OnnxDetector:
 
     def _tile_session(self, data: bytes, options, dims: list):
         """A session that takes the tiles' input side: the model's fixed input (and output) sides made free."""
-        import onnx
-        import onnxruntime as ort
-
-        if all(not isinstance(d, int) for d in dims[2:]):
-            return self.session
-        model = onnx.load_from_string(data)
-        free = [d for d in model.graph.input[0].type.tensor_type.shape.dim][2:]  # height, width
-        free += [d for out in model.graph.output for d in out.type.tensor_type.shape.dim]  # the anchors follow the side
-        for i, dim in enumerate(free):
-            dim.ClearField("dim_value")
-            dim.dim_param = f"free{i}"
         try:
-            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            return self._free_dims(data, options, dims, (self.tile_size, self.tile_size))
         except Exception as exc:
             raise NegsetError(f"{self.path}: takes no tile_size {self.tile_size} input ({str(exc).splitlines()[0][:200]})",
                               hint="leave tile_size unset (tiles at the model's input size)") from None
+
+    def _free_session(self, data: bytes, options, dims: list):
+        """For ``canvas: fit``: a session that takes rectangular inputs, or None (with a warning) for a model that
+        takes none (its graph fixes the shape): then the square canvas."""
+        short = max(CANVAS_STRIDE, self.size - 3 * CANVAS_STRIDE) // CANVAS_STRIDE * CANVAS_STRIDE
+        try:
+            return self._free_dims(data, options, dims, (short, self.size))
+        except Exception as exc:
+            log.warning("%s: takes no rectangular input (%s); detect runs on the square %d x %d canvas (canvas: square)",
+                        self.path, str(exc).splitlines()[0][:160], self.size, self.size)
+            return None
+
+    def _free_dims(self, data: bytes, options, dims: list, check: tuple[int, int]):
+        """The model with its fixed input (and output) sides made free, checked on one ``check`` (height, width)
+        input (YOLOX: its grid there too): the session, or an exception when the graph takes no such input."""
+        import onnx
+        import onnxruntime as ort
+
+        session = self.session
+        if any(isinstance(d, int) for d in dims[2:]):
+            model = onnx.load_from_string(data)
+            free = [d for d in model.graph.input[0].type.tensor_type.shape.dim][2:]  # height, width
+            free += [d for out in model.graph.output for d in out.type.tensor_type.shape.dim]  # anchors follow the side
+            for i, dim in enumerate(free):
+                dim.ClearField("dim_value")
+                dim.dim_param = f"free{i}"
+            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        out = session.run(None, {self.input_name: np.zeros((1, 3, *check), np.float32)})[0]
+        if self.layout == "yolox" and self.src.grid_decode:
+            self.grids[check] = self._grid(out.shape[1], *check)
+        else:
+            recognise_layout(tuple(out.shape), len(self.names), self.layout, self.path)
+        return session
 
     def plan_tiles(self, target_names: set[str], score: float, normalise) -> None:
         """``tiles_when: unsure`` (and ``weak``): skip the tiles of an image whose whole-image pass shows one of
@@ -170,18 +201,26 @@ class OnnxDetector:
             names = read_class_names(MODELS / BUILTIN[self.src.model.removeprefix("builtin:")][1])
         return names
 
-    def _grid(self, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def _grid(self, n: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """YOLOX's (cell x, y; stride) per anchor of a ``height`` x ``width`` input: strides 8, 16, 32, rows first."""
         cells, strides = [], []
         for s in YOLOX_STRIDES:
-            g = size // s
-            ys, xs = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+            gh, gw = height // s, width // s
+            ys, xs = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
             cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
-            strides.append(np.full(g * g, s))
+            strides.append(np.full(gh * gw, s))
         cell, stride = np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32)
         if len(cell) != n:
-            raise NegsetError(f"{self.path}: {n} YOLOX anchors, but strides 8/16/32 at {size} px give {len(cell)}",
+            raise NegsetError(f"{self.path}: {n} YOLOX anchors, but strides 8/16/32 at {height} x {width} px give {len(cell)}",
                               hint="set grid_decode: false when the export decodes boxes itself, or the right input_size")
         return cell, stride[:, None]
+
+    def _grid_for(self, height: int, width: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The grid of one input shape, made once (several threads may ask at once: the same values)."""
+        grid = self.grids.get((height, width))
+        if grid is None:
+            grid = self.grids[(height, width)] = self._grid(n, height, width)
+        return grid
 
     def identity(self) -> dict:
         """What decides the detections: the model bytes and every setting (the cache key)."""
@@ -192,7 +231,8 @@ class OnnxDetector:
                     max_detections=s.max_detections, names=self.names, version=1,
                     **({"tiles_unless": [list(self.conclusive[0]), self.conclusive[1]]} if self.conclusive else {}),
                     **({"tiles_weak": [list(self.weak[0]), self.weak[1]]} if self.weak else {}),
-                    **({"tile_size": self.tile_size} if s.tiles and self.tile_size != self.size else {}))
+                    **({"tile_size": self.tile_size} if s.tiles and self.tile_size != self.size else {}),
+                    **({"canvas": f"fit{self.stride}"} if self.stride else {}))
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:24]
@@ -206,14 +246,14 @@ class OnnxDetector:
         return max(self.size, math.ceil(self.tile_size / share))
 
     def _input(self, image, size: int) -> tuple[np.ndarray, float, float, float]:
-        canvas, r, dx, dy = letterbox(image, size, self.where, self.src.pad_value)
+        canvas, r, dx, dy = letterbox(image, size, self.where, self.src.pad_value, self.stride)
         if self.mean is not None or self.std is not None:
             x = canvas.astype(np.float32) * self.scale
             x = x - (self.mean if self.mean is not None else 0.0)
             x = x / (self.std if self.std is not None else 1.0)
         else:
             x = canvas
-        out = np.empty((1, 3, size, size), np.float32)
+        out = np.empty((1, 3, *canvas.shape[:2]), np.float32)
         for k, c in enumerate((2, 1, 0) if self.bgr else (0, 1, 2)):
             out[0, k] = x[:, :, c]  # one plane at a time: channel order, layout and type together (4x faster than
             # a transposed astype of the whole canvas; the same values)
@@ -221,13 +261,13 @@ class OnnxDetector:
             out *= np.float32(self.scale)
         return out, r, dx, dy
 
-    def _raw(self, out: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(xyxy boxes on the canvas, class scores) per anchor."""
+    def _raw(self, out: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(xyxy boxes on the canvas, class scores) per anchor; ``shape``: the input's (height, width)."""
         if self.layout == "yolox":
             rows = out[0]
             xy, wh = rows[:, :2], rows[:, 2:4]
             if self.src.grid_decode:
-                cell, stride = self.grids[size]
+                cell, stride = self._grid_for(*shape, len(rows))
                 xy = (xy + cell) * stride
                 wh = np.exp(np.clip(wh, -20, 20)) * stride
             scores = rows[:, 4:5] * rows[:, 5:]
@@ -243,7 +283,7 @@ class OnnxDetector:
         crop = image if window[:2] == (0, 0) and window[2:] == image.size else image.crop(window)
         size, session = (self.tile_size, self.tile_session) if tile else (self.size, self.session)
         x, r, dx, dy = self._input(crop, size)
-        boxes, scores = self._raw(session.run(None, {self.input_name: x})[0], size)
+        boxes, scores = self._raw(session.run(None, {self.input_name: x})[0], x.shape[2:])
         hot = None
         if self.weak and not tile:
             ids, probe = self.weak

@@ -68,6 +68,36 @@ def test_tiles_find_more_small_objects_and_keep_whole_image_boxes(ingested):
     assert set(whole["tile"].tolist()) == {0}
 
 
+def test_fit_canvas_runs_the_letterboxed_photo_on_a_rectangle_and_finds_the_same_objects(ingested):
+    """canvas: fit (rectangular inference): a 640 x 480 photo runs at 416 x 320 (sides multiples of 32), the sure
+    detections are the square canvas's own (same classes, boxes within a few pixels), and the cache key differs."""
+    photo = Image.open(ingested / "examples/coco-sample/images/000000000086.jpg").convert("RGB")
+    square = OnnxDetector(DetectSource(model="builtin:yolox_nano"), ingested)
+    fit = OnnxDetector(DetectSource(model="builtin:yolox_nano", canvas="fit"), ingested)
+    assert (square.stride, fit.stride) == (0, 32) and square.key() != fit.key()
+    w, h = photo.size
+    x, r, _, _ = fit._input(photo, fit.size)
+    want = (-(-round(h * r) // 32) * 32, -(-round(w * r) // 32) * 32)
+    assert x.shape[2:] == want and max(want) == 416 and min(want) < 416
+    assert square._input(photo, square.size)[0].shape[2:] == (416, 416)
+    a, b = square.detect(photo), fit.detect(photo)
+    sure_a, sure_b = a["score"] >= 0.5, b["score"] >= 0.5
+    assert sure_a.sum() >= 1 and sorted(a["cls"][sure_a].tolist()) == sorted(b["cls"][sure_b].tolist())
+    for box, cls in zip(a["box"][sure_a], a["cls"][sure_a]):
+        nearest = np.abs(b["box"][sure_b & (b["cls"] == cls)] - box).max(axis=1).min()
+        assert nearest < 0.05 * max(w, h)
+
+
+def test_a_model_that_takes_only_its_square_input_stays_square(tmp_path, caplog):
+    out = ultralytics_output([(32, 32, 20, 10, 1, 0.9)], n_classes=2)
+    path = constant_detector(tmp_path / "fixed.onnx", out, size=64, names=NAMES, fixed_shape=True)
+    with caplog.at_level("WARNING", logger="negset.detect"):
+        det = OnnxDetector(DetectSource(model=str(path), canvas="fit"), tmp_path)
+    assert det.stride == 0 and "takes no rectangular input" in caplog.text and str(path) in caplog.text
+    found = det.detect(Image.new("RGB", (128, 64), (90, 90, 90)))  # runs, on the square canvas
+    np.testing.assert_allclose(found["box"][0], [44, 22, 84, 42], atol=1e-4)
+
+
 def test_tile_windows_and_per_class_nms():
     wins = tile_windows(1000, 500, 2, 0.3)
     assert wins[0] == (0, 0, 1000, 500) and len(wins) == 5

@@ -13,11 +13,20 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def constant_detector(path: Path, output: np.ndarray, size: int = 64, names: str | None = None) -> Path:
-    """An ONNX model with input ``images`` [1, 3, size, size] and output ``output`` = ``output`` (any shape)."""
+def constant_detector(path: Path, output: np.ndarray, size: int = 64, names: str | None = None,
+                      fixed_shape: bool = False) -> Path:
+    """An ONNX model with input ``images`` [1, 3, size, size] and output ``output`` = ``output`` (any shape).
+
+    ``fixed_shape``: the graph reshapes the input to [1, 3 x size x size] first, so it takes no other input shape.
+    """
     output = np.asarray(output, np.float32)
-    nodes = [
-        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
+    first = "images"
+    nodes = []
+    if fixed_shape:
+        nodes.append(helper.make_node("Reshape", ["images", "flat"], ["flattened"]))
+        first = "flattened"
+    nodes += [
+        helper.make_node("ReduceMean", [first], ["mean"], keepdims=0),
         helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
         helper.make_node("Add", ["preds", "nothing"], ["output"]),
     ]
@@ -25,7 +34,8 @@ def constant_detector(path: Path, output: np.ndarray, size: int = 64, names: str
         nodes, "constant_detector",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(output.shape))],
-        initializer=[numpy_helper.from_array(output, "preds"), numpy_helper.from_array(np.zeros((), np.float32), "zero")],
+        initializer=[numpy_helper.from_array(output, "preds"), numpy_helper.from_array(np.zeros((), np.float32), "zero")]
+        + ([numpy_helper.from_array(np.asarray([1, 3 * size * size], np.int64), "flat")] if fixed_shape else []),
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
