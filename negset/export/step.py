@@ -23,6 +23,7 @@ import pyarrow.csv as pacsv
 
 from negset import __version__
 from negset.core import atomic, catalog
+from negset.core import parquet as pq
 from negset.core.config import Params
 from negset.core.layout import Layout
 
@@ -65,11 +66,16 @@ def review_metrics(layout: Layout, negatives: list[str]) -> dict:
     from negset.review.decisions import read_reviews, reviews_path
 
     reviews = read_reviews(reviews_path(layout))
-    quarantine = []
+    held = []
     path = layout.select / "quarantine.csv"
     if path.exists():
         with open(path, newline="", encoding="utf-8") as fh:
-            quarantine = [r["sha256"] for r in csv.DictReader(fh) if r.get("sha256")]
+            held = [r["sha256"] for r in csv.DictReader(fh) if r.get("sha256")]
+    candidates = set()
+    if reviews:  # the suspects already decided count too (select lets them go: quarantine.csv no longer holds them)
+        images = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "role"]).to_pylist()
+        candidates = {r["sha256"] for r in images if r["role"] == "candidate"}
+    quarantine = audit.quarantine_queue(held, reviews, candidates)
     return dict(audit=audit.contamination(negatives, reviews), reviews=audit.progress(quarantine, reviews))
 
 

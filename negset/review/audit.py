@@ -130,8 +130,19 @@ def statement(audit: Mapping | None) -> str:
     return text
 
 
+def quarantine_queue(held: Iterable[str], reviews: Mapping[str, Review], candidates: set[str]) -> list[str]:
+    """The quarantine's review queue: the images ``quarantine.csv`` holds back now (``held``, in its order), then
+    the suspects a person decided in this queue that select has let go since (no_target: eligible again;
+    contains_target: out as a new positive), oldest decision first. ``candidates``: this build's candidate
+    sha256s (a decision on an image gone from the sources, or now a positive, is not in the queue)."""
+    out = list(dict.fromkeys(held))
+    seen = set(out)
+    decided = [r for s, r in reviews.items() if r.queue == "quarantine" and s in candidates and s not in seen]
+    return out + [r.sha256 for r in sorted(decided, key=lambda r: (r.time, r.sha256))]
+
+
 def progress(quarantined: Iterable[str], reviews: Mapping[str, Review]) -> dict:
-    """Review progress of the quarantine: how many suspected positives have a decision, and which."""
+    """Review progress of the quarantine (``quarantine_queue``): how many suspected positives have a decision, and which."""
     q = set(quarantined)
     done = [reviews[s] for s in q if s in reviews]
     return dict(

@@ -1,8 +1,10 @@
 """What ``negset review`` shows: the review queues of a built project, as cards.
 
 - ``quarantine``: the suspected positives of ``data/select/quarantine.csv``,
-  most similar to the positives first, each with its reason from
-  ``data/select/rejected.parquet``;
+  detections first, then most similar to the positives, each with its reason;
+  then the suspects already decided in this queue that select has let go
+  since (a ``no_target`` is eligible again, a ``contains_target`` a new
+  positive), so the queue's progress counts every decision made in it;
 - ``audit``: a seeded random sample of the chosen negatives
   (``data/negatives/manifest.parquet``; ``negset.review.audit.audit_sample``);
 - ``hardest`` (``--hardest N``): the N chosen negatives most similar to the
@@ -28,7 +30,8 @@ import numpy as np
 from negset.core import parquet as pq
 from negset.core.errors import NegsetError
 from negset.core.layout import Layout
-from negset.review.audit import AUDIT_SIZE, audit_sample
+from negset.review.audit import AUDIT_SIZE, audit_sample, quarantine_queue
+from negset.review.decisions import NO_TARGET, read_reviews, reviews_path
 
 log = logging.getLogger("negset.review")
 
@@ -89,14 +92,24 @@ class Project:
         self.images = {r["sha256"]: r for r in images}
         manifest = pq.read_table(_need(layout.negatives / "manifest.parquet", "export")).to_pylist()
         self.negatives = [r["sha256"] for r in manifest]
-        quarantine = read_quarantine(layout.select / "quarantine.csv")
+        quarantine = {r["sha256"]: r for r in read_quarantine(layout.select / "quarantine.csv") if r["sha256"] in self.images}
         reasons = self._quarantine_reasons()
+        reviews = read_reviews(reviews_path(layout))
+        candidates = {s for s, r in self.images.items() if r.get("role") == "candidate"}
         self.queues: dict[str, list[Card]] = {}
-        self.queues["quarantine"] = [
-            self._card(r["sha256"], "quarantine", reasons.get(r["sha256"], "suspected positive (quarantine)"),
-                       _float(r.get("similarity")))
-            for r in quarantine if r["sha256"] in self.images
-        ]
+        self.queues["quarantine"] = []
+        # what quarantine.csv holds back, then the suspects decided here already (select has let them go since), so
+        # the queue's progress counts every decision made in it
+        for sha in quarantine_queue(quarantine, reviews, candidates):
+            row = quarantine.get(sha)
+            if row is not None:
+                reason = row.get("reason") or reasons.get(sha, "suspected positive (quarantine)")
+                self.queues["quarantine"].append(self._card(sha, "quarantine", reason, _float(row.get("similarity"))))
+            else:
+                done = reviews[sha]
+                after = "eligible again" if done.decision == NO_TARGET else "left out, listed in new_positives.csv"
+                self.queues["quarantine"].append(
+                    self._card(sha, "quarantine", f"suspected positive, decided: {done.describe()}; {after}", None))
         by_sha = {r["sha256"]: r for r in manifest}
         sample = audit_sample(self.negatives, audit)
         self.queues["audit"] = [

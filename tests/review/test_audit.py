@@ -92,3 +92,23 @@ def test_progress_of_the_quarantine():
                shas(1, "e")[0]: _review(shas(1, "e")[0], "no_target")}
     p = audit.progress(q, reviews)
     assert p == dict(quarantined=7, quarantine_reviewed=2, quarantine_contains_target=1, quarantine_no_target=1, decisions=3)
+
+
+def test_the_quarantine_queue_keeps_the_suspects_already_decided_in_it():
+    """select lets a decided suspect go (no_target: eligible; contains_target: a new positive), so quarantine.csv no
+    longer lists it: the queue (and its progress) still counts it, after what is held back now, oldest first."""
+    held = shas(3, "d")
+    gone = shas(3, "g")
+    reviews = {
+        held[0]: _review(held[0], "unsure", "quarantine"),
+        gone[0]: Review(gone[0], "g0.jpg", "no_target", "quarantine", "ana", "2025-02-01T00:00:00Z"),
+        gone[1]: Review(gone[1], "g1.jpg", "contains_target", "quarantine", "ana", "2025-01-01T00:00:00Z"),
+        gone[2]: _review(gone[2], "no_target", "audit"),  # decided in the audit: not the quarantine's
+        "e" * 64: _review("e" * 64, "no_target", "quarantine"),  # no longer a candidate of this build
+    }
+    candidates = set(held) | set(gone)
+    q = audit.quarantine_queue(held, reviews, candidates)
+    assert q == held + [gone[1], gone[0]]
+    assert audit.progress(q, reviews) == dict(quarantined=5, quarantine_reviewed=3, quarantine_contains_target=1,
+                                              quarantine_no_target=1, decisions=5)
+    assert audit.quarantine_queue(held, {}, candidates) == held

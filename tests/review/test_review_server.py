@@ -140,3 +140,37 @@ def test_audit_reaches_metrics_report_and_release_summary(demo):
     notes = release.summary_markdown(demo, release.Change(True, True, True, None), "negatives-20250131-2")
     assert "incomplete" not in notes and "Audit: 1 of 8 audited contain the target: contamination <= 47.1% at 95%." in notes
     assert len(read_review_rows(demo / "reviews.csv")) == 8
+
+
+def test_suspects_decided_in_the_quarantine_stay_in_its_queue_and_progress(demo):
+    """After a rebuild select lets a decided suspect go (quarantine.csv lists only what it holds back): the review
+    queue still shows it as decided, after the held-back ones, and metrics.json's progress counts it."""
+    import csv
+
+    from negset.export.step import review_metrics
+    from negset.review.decisions import Review, append_reviews
+    from negset.review.queues import Project
+
+    layout = Layout.at(demo)
+    images = pq.read_table(layout.ingest / "images.parquet").to_pylist()
+    cand = [r for r in images if r["role"] == "candidate"]
+    held, cleared, confirmed = cand[0], cand[1], cand[2]
+    positive = next(r for r in images if r["role"] == "positive")
+    with open(layout.select / "quarantine.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["uri", "sha256", "similarity", "rule", "reason"])
+        w.writerow([held["uri"], held["sha256"], "0.61", "detected_target", "yolox_nano detects 'person' at 0.3"])
+    append_reviews(demo / "reviews.csv", [
+        Review(cleared["sha256"], cleared["uri"], "no_target", "quarantine", "ana", "2025-01-31T12:00:00Z"),
+        Review(confirmed["sha256"], confirmed["uri"], "contains_target", "quarantine", "ana", "2025-01-31T11:00:00Z"),
+        Review(positive["sha256"], positive["uri"], "no_target", "quarantine", "ana", "2025-01-31T10:00:00Z"),
+    ])
+    queue = Project(layout).queues["quarantine"]
+    assert [c.sha256 for c in queue] == [held["sha256"], confirmed["sha256"], cleared["sha256"]]
+    assert queue[0].reason == "yolox_nano detects 'person' at 0.3" and queue[0].similarity == 0.61
+    assert queue[1].reason.startswith("suspected positive, decided: reviewed as contains_target by ana")
+    assert queue[1].reason.endswith("left out, listed in new_positives.csv") and queue[2].reason.endswith("eligible again")
+    negatives = [r["sha256"] for r in pq.read_table(layout.negatives / "manifest.parquet").to_pylist()]
+    progress = review_metrics(layout, negatives)["reviews"]
+    assert progress == dict(quarantined=3, quarantine_reviewed=2, quarantine_contains_target=1, quarantine_no_target=1,
+                            decisions=3)
