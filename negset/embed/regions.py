@@ -95,6 +95,7 @@ class Item:
 
 
 MAP_VERSION = 1  # bump when the pooling of map windows changes: the region cache key changes with it
+CROP_BOXES_VERSION = 2  # the crops' boxes are in the upright image's pixels (version 1: the reduced decode's)
 
 
 def method_for(cfg) -> str:
@@ -116,6 +117,8 @@ def _key(model_hash: str, grid: int, method: str = "crops") -> str:
     parts = [model_hash, grid, OBJECT_MARGIN, MIN_OBJECT_PX]
     if method != "crops":  # the crops key is the one of before the map method (those caches keep)
         parts += [method, MAP_VERSION]
+    else:  # crops of a reduced decode recorded their boxes in its pixels until version 2 (now: the upright image's)
+        parts += [CROP_BOXES_VERSION]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -265,7 +268,19 @@ def _crops(emb, path: Path, item: Item, grid: int):
         boxes = grid_boxes(W, H, grid)
     else:
         boxes = [b for b in (object_box(x, W, H) for x in item.boxes) if b is not None]
-    return boxes, [emb.preprocess(image.crop(b)) for b in boxes]
+    arrays = [emb.preprocess(image.crop(b)) for b in boxes]
+    return upright_boxes(boxes, (W, H), item.size), arrays
+
+
+def upright_boxes(boxes: list, decoded: tuple[int, int], upright: tuple[int, int]) -> list:
+    """Pixel boxes of a reduced decode (``decoded`` width, height) in the upright image's pixels (``upright``, the
+    ingest's size: the frame every reader of regions.parquet divides by); unchanged when the two are the same or
+    the upright size is unknown."""
+    (w, h), (W, H) = decoded, upright
+    if not (W and H) or (w, h) == (W, H):
+        return [tuple(b) for b in boxes]
+    sx, sy = W / w, H / h
+    return [(round(b[0] * sx), round(b[1] * sy), round(b[2] * sx), round(b[3] * sy)) for b in boxes]
 
 
 def compute(emb, layout: Layout, items: list[Item], grid: int, batch_size: int, threads: int = 0):

@@ -35,6 +35,27 @@ def test_grid_boxes_cover_the_image_with_overlapping_crops():
     assert regions.grid_boxes(640, 480, 0) == []
 
 
+def test_grid_crops_of_a_reduced_decode_record_their_boxes_in_the_upright_image(tmp_path):
+    """A large JPEG is decoded reduced for its grid crops (draft mode); the boxes in regions.parquet are read
+    against the ingest's upright size (review, report), so they are recorded in its pixels."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    path = tmp_path / "big.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(path, quality=80)
+    emb = SimpleNamespace(image_size=224, crop_pct=0.875, preprocess=lambda im: im.size)
+    item = regions.Item("k", "s", "grid", [], size=(2000, 1500))
+    boxes, decoded = regions._crops(emb, path, item, 3)
+    assert max(w for w, _ in decoded) < 2000 * 0.4  # crops of a reduced decode (each about a third of its side)
+    assert boxes == regions.grid_boxes(2000, 1500, 3) or (
+        max(b[2] for b in boxes) == 2000 and max(b[3] for b in boxes) == 1500 and min(b[0] for b in boxes) == 0)
+    reduced = regions.grid_boxes(1000, 750, 3)
+    assert regions.upright_boxes(reduced, (1000, 750), (2000, 1500)) == [tuple(2 * v for v in b) for b in reduced]
+    assert regions.upright_boxes(reduced, (1000, 750), (0, 0)) == reduced  # size unknown: as decoded
+
+
 def test_object_box_is_square_inside_the_image_and_skips_tiny_objects():
     # a box at the right edge: the square crop is shifted inside the frame
     x0, y0, x1, y1 = regions.object_box((0.8, 0.4, 1.0, 0.6), 640, 480)
