@@ -1,6 +1,6 @@
 """The full shipped per-image pass (embed with object hardness, detect), timed as the steps run, against a naive loop.
 
-    python -m benchmarks.full_pass [--threads 2] [--regions-from map|crops] [--with-tag]
+    python -m benchmarks.full_pass [--threads 2] [--regions-from map|crops] [--with-tag] [--copies 3]
 
 A temporary project over COCO128 (``$NEGSET_SHARED/datasets/coco128-train``,
 default ../shared; else the examples' sample) with the SHIPPED params.yaml,
@@ -11,6 +11,9 @@ vectors and the positives' target objects) and ``detect`` (YOLOX-Nano, tiles
 where unsure) run as ``negset --no-prefect STEP`` runs them (negset.pipeline),
 each timed by wall clock and by CPU seconds of the process and its children.
 ``--with-tag`` times the tag step too (the quality and lighting statistics).
+``--copies N`` adds N mirrored, re-encoded versions of every photo to the pool,
+so each step's fixed cost (process, model and session loading, outputs) is
+spread over more images, as in a real pool (128 photos: about 0.3 s a step).
 
 Baseline in the same run: benchmarks.embed_speed's naive whole-image loop (PIL
 open, timm transform, eager model, batch 1) on the same photos. Targets: the
@@ -43,14 +46,34 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def project(root: Path, regions_from: str | None, threads: int, regions: int | None = None) -> tuple[Path, Path]:
-    """A project in ``root`` with the shipped params.yaml on COCO128 (or the sample); (params path, images folder)."""
+def mirrored_copies(images: Path, folder: Path, copies: int) -> int:
+    """``copies`` distinct versions of every photo (mirrored, re-encoded at a seeded quality) in ``folder``: more
+    images for the steps' fixed costs (model loading, process) to spread over, as in a real pool."""
+    from PIL import Image, ImageOps
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for i in range(copies):
+        for p in sorted(images.glob("*.jpg")):
+            im = Image.open(p).convert("RGB")
+            (ImageOps.mirror(im) if i % 2 == 0 else im).save(folder / f"{p.stem}-copy{i}.jpg", quality=85 + i % 10)
+            n += 1
+    return n
+
+
+def project(root: Path, regions_from: str | None, threads: int, regions: int | None = None,
+            copies: int = 0) -> tuple[Path, Path]:
+    """A project in ``root`` with the shipped params.yaml on COCO128 (or the sample); (params path, images folder).
+    ``copies``: that many more versions of every photo as candidates (``mirrored_copies``)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     if (COCO128 / "images").is_dir():
         images, labels = COCO128 / "images", COCO128 / "annotations" / "instances_train2017.json"
     else:
         images, labels = SAMPLE / "images", SAMPLE / "annotations" / "instances.json"
     params["ingest"]["positives"].update(path=str(labels), images=str(images))
+    if copies:
+        mirrored_copies(images, root / "copies", copies)
+        params["ingest"]["sources"] = [{"type": "local", "path": str(images)}, {"type": "local", "path": str(root / "copies")}]
     if regions_from:
         params["embed"]["regions_from"] = regions_from
     if regions is not None:
@@ -77,6 +100,8 @@ def main() -> None:
     ap.add_argument("--regions", type=int, help="override embed.regions (default: shipped)")
     ap.add_argument("--with-tag", action="store_true", help="time the tag step (pixel statistics) too")
     ap.add_argument("--naive-images", type=int, default=64, help="photos the naive loop embeds")
+    ap.add_argument("--copies", type=int, default=0,
+                    help="add this many mirrored, re-encoded versions of every photo (more images per step start)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import logging
@@ -90,7 +115,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="negset-full-pass-"))
     try:
-        params_path, images = project(root, args.regions_from, args.threads, args.regions)
+        params_path, images = project(root, args.regions_from, args.threads, args.regions, args.copies)
         params = load_params(params_path)
         run_step("ingest", params_path)  # untimed
         layout = Layout.at(root)
@@ -118,7 +143,8 @@ def main() -> None:
         base_cpu = got[0]
 
         cfg = params.embed
-        print(f"full shipped pass on {n} photos ({images}), {args.threads} threads, cold caches; "
+        copies = f" + {args.copies} mirrored copies of each" if args.copies else ""
+        print(f"full shipped pass on {n} photos ({images}{copies}), {args.threads} threads, cold caches; "
               f"embed.regions {cfg.regions} from {cfg.regions_from}, "
               f"detect {', '.join(str(s.model) for s in params.detect.sources)}")
         print(f"  one-time model setup (ONNX export, untimed): {setup:.1f} s")
@@ -130,8 +156,9 @@ def main() -> None:
         pass_cpu = phases["embed"][1] + phases["detect"][1]
         print(f"  full pass (embed + detect): {pass_wall:6.2f} s wall  {n / pass_wall:7.1f} images/s  "
               f"{pass_cpu / n:.4f} CPU s/image")
-        if args.with_tag:
-            print(f"  with tag: {n / total_wall:7.1f} images/s")
+        if args.with_tag:  # the issue's target counts the tag step's quality and lighting statistics too
+            print(f"  with tag: {n / total_wall:7.1f} images/s   target >= 30 images/s with the statistics: "
+                  f"{'met' if n / total_wall >= 30 else 'NOT met'}")
         print(f"  naive whole-image loop (PIL + timm transform + eager, batch 1, {len(photos)} photos): "
               f"{base:7.1f} images/s  {base_cpu:.4f} CPU s/image")
         print(f"  ratio full pass / naive loop: {n / pass_wall / base:.2f}x   target >= 30 images/s: "
