@@ -93,7 +93,7 @@ def _detect_one(det, layout: Layout, im: dict, side: int) -> tuple[dict | None, 
                 box=found["box"].round(2).reshape(-1).tolist(), tile=found["tile"].tolist()), None
 
 
-def _fill_cache(det, layout: Layout, todo: list[dict], every: int) -> list[dict]:
+def _fill_cache(det, layout: Layout, todo: list[dict], every: int, cache=None) -> list[dict]:
     """Run the detector on ``todo`` into its cache (written every ``every`` images); the images it could not decode.
 
     With ``det.workers`` > 1 that many images run at once (decode, ONNX Runtime and NumPy release the GIL),
@@ -101,7 +101,7 @@ def _fill_cache(det, layout: Layout, todo: list[dict], every: int) -> list[dict]
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    cache = _detector_cache(det, layout)
+    cache = cache if cache is not None else _detector_cache(det, layout)  # the caller's, read already: one read
     rejected, pending = [], {}
     side = det.decode_side()
     block = max(1, min(every, 64 * det.workers))
@@ -144,9 +144,10 @@ def _run_detector(det, layout: Layout, images: list[dict], every: int, compute=N
         left = [im for im in todo if im["sha256"] not in failed and fields(cache, im["sha256"], _CACHE_KEYS) is None]
         elsewhere = len(todo) - len(left) - len(rejected)
         todo = left
-    here = _fill_cache(det, layout, todo, every)
+    # every part is read once: the new rows join the cache in memory as they are written (a distributed run's
+    # workers wrote parts elsewhere, so the cache was read again after them)
+    here = _fill_cache(det, layout, todo, every, cache)
     rejected += here
-    cache = _detector_cache(det, layout)
     elapsed, cpu = time.monotonic() - start, time.process_time() - cpu
     ran = len(todo) - len(here) + elsewhere
     # cpu_seconds: every thread of this process (decode, ONNX Runtime): steadier than the wall clock on a busy machine;
