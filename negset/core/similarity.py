@@ -146,13 +146,15 @@ def keep_from_neighbours(keep_of: np.ndarray, neighbours: dict, X, threshold: fl
 
 
 def similarity_to_positives(
-    C: np.ndarray, P: np.ndarray, k: int = 5, chunk: int = 8192, exact: bool | None = None
+    C: np.ndarray, P: np.ndarray, k: int = 5, chunk: int = 8192, exact: bool | None = None, numpy_ok: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean of the top-k cosine similarities, max similarity, index of the nearest positive) per row of C.
 
     Rows are unit vectors; C may be float16, a memmap or a :class:`RowView`
     (read in chunks). ``exact=None`` picks float32 for small products and
-    bfloat16 for large ones.
+    bfloat16 for large ones. ``numpy_ok=False``: torch even for a small product (a selection that runs torch
+    already: NumPy's product runs on one core at about a tenth of torch's speed here; the same float32 values
+    up to the order of summation).
     """
     n, m = len(C), len(P)
     topk = np.zeros(n, np.float32)
@@ -163,7 +165,7 @@ def similarity_to_positives(
     k = max(1, min(k, m))
     if exact is None:
         exact = n * m <= EXACT_BELOW
-    if n * m <= NUMPY_BELOW:  # float32 in NumPy: no torch import
+    if n * m <= NUMPY_BELOW and numpy_ok:  # float32 in NumPy: no torch import
         return _numpy_similarity_to_positives(C, P, k, chunk)
     torch = _torch()
     dtype = torch.float32 if exact else torch.bfloat16
@@ -408,10 +410,11 @@ def _float32_tensor(block: np.ndarray):
     return _tensor(np.ascontiguousarray(block)).float()
 
 
-def exact_similarity(V, rows: np.ndarray, P: np.ndarray, k: int, chunk: int = 4096):
+def exact_similarity(V, rows: np.ndarray, P: np.ndarray, k: int, chunk: int = 4096, numpy_ok: bool = True):
     """Exact float32 (mean top-k similarity, nearest similarity, nearest positive index) of rows ``rows`` of V
-    (NumPy for small products, torch float32 on every core for large ones: the same float32 products)."""
-    return similarity_to_positives(RowView(V, np.asarray(rows, np.int64)), P, k, chunk, exact=True)
+    (NumPy for small products unless ``numpy_ok`` is False, torch float32 on every core for large ones: the same
+    float32 products)."""
+    return similarity_to_positives(RowView(V, np.asarray(rows, np.int64)), P, k, chunk, exact=True, numpy_ok=numpy_ok)
 
 
 @dataclass
@@ -518,15 +521,17 @@ def estimate_similarity(C, P: np.ndarray, k: int = 5, approx_above: float = INDE
         topk, best, arg = vals.mean(axis=1, dtype=np.float32), vals[:, 0].copy(), idx[:, 0].copy()
         short = np.flatnonzero(vals[:, -1] < -2.0)  # probed lists with fewer than k positives: exact
         if len(short):
-            topk[short], best[short], arg[short] = exact_similarity(V, at[short], P, k)
+            topk[short], best[short], arg[short] = exact_similarity(V, at[short], P, k, numpy_ok=False)
         method, lower, floor = ivf.describe(), True, INDEX_FLOOR
     else:
         topk, best, arg = similarity_to_positives(C, P, k, exact=False)
         idx, method, lower, floor, projected = None, "brute force, bfloat16", False, MARGIN_FLOOR, None
     rows = np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
-    sims = np.asarray(V[at[rows]], np.float32) @ np.ascontiguousarray(P, dtype=np.float32).T
-    want = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # the exact top-k positives of the sampled rows
-    vals = -np.sort(-np.take_along_axis(sims, want, axis=1), axis=1)
+    torch = _torch()  # the approximate paths run in torch already: its float32 product and top-k on every core
+    with torch.inference_mode():
+        sims = torch.from_numpy(np.asarray(V[at[rows]], np.float32)) @ torch.from_numpy(np.ascontiguousarray(P, np.float32)).T
+        top = torch.topk(sims, k, dim=1)  # the exact top-k positives of the sampled rows, descending
+    vals, want = top.values.numpy(), top.indices.numpy()
     st, sb = vals.mean(axis=1, dtype=np.float32), vals[:, 0]
     recall = 1.0
     if idx is not None:  # against the ones the index found

@@ -175,7 +175,8 @@ def scene_similarity(pool: Pool, cand_rows: np.ndarray, pos_rows: np.ndarray, P:
 def exact_rows(ev: Evidence, rows: np.ndarray, copies: list[np.ndarray] = ()) -> None:
     """Exact float32 scene similarity, nearest similarity and positive for pool ``rows``, written into the
     evidence (and into ``copies``: arrays holding the scene similarity too); they are marked exact."""
-    t, b, a = sim.exact_similarity(ev.pool.vectors, rows, ev.P, ev.cfg.top_k)
+    # only an approximate selection re-scores rows, and it runs torch already: torch for every size
+    t, b, a = sim.exact_similarity(ev.pool.vectors, rows, ev.P, ev.cfg.top_k, numpy_ok=False)
     ev.pos_similarity[rows], ev.nearest_similarity[rows], ev.nearest_positive[rows] = t, b, ev.positives[a]
     for arr in copies:
         arr[rows] = t

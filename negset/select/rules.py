@@ -252,7 +252,7 @@ class Quarantine(Rule):
             unsure = sim.unsure_order(pos, ev.nearest_similarity[rows], neg, neg_best)
             ev.rescore(rows[unsure], "nearest_labelled")
             if not neg.exact and unsure.any():
-                neg_best[unsure] = sim.exact_similarity(pool.vectors, rows[unsure], R, 1)[1]
+                neg_best[unsure] = sim.exact_similarity(pool.vectors, rows[unsure], R, 1, numpy_ok=False)[1]
                 ev.rescored["nearest_labelled_negative"] = ev.rescored.get("nearest_labelled_negative", 0) + int(unsure.sum())
         pos_best = ev.nearest_similarity[rows]
         hit = pos_best > neg_best
