@@ -10,7 +10,8 @@ Run on a machine with CUDA, as one prepared script (about 5 minutes on a
 2. ``benchmarks.full_pass`` (embed on CUDA as the shipped ``embed.device:
    auto`` picks it, detect on ONNX Runtime's CPU provider over all cores)
    against the naive whole-image loop, on COCO128 when ``$NEGSET_SHARED`` has
-   it, else the examples' sample;
+   it, else the examples' sample, with the tag step, and (without ``--quick``)
+   three mirrored copies of every photo (512 photos);
 3. ``benchmarks/select_scale.py`` (1,000,000 x 10,000 x 1,280; ``--quick``:
    200,000 x 2,000) with its approximate-index figures, planted copies and the
    naive top-k measured in the same run.
@@ -90,7 +91,9 @@ def main() -> None:
     embedder_check()
     threads = str(os.cpu_count() or 1)
     if not args.skip_pass:
-        part("full shipped per-image pass", [sys.executable, "-m", "benchmarks.full_pass", "--threads", threads], 300)
+        more = [] if args.quick else ["--copies", "3"]  # 512 photos: the steps' start spread as in a real pool
+        part("full shipped per-image pass", [sys.executable, "-m", "benchmarks.full_pass", "--threads", threads,
+                                              "--with-tag", *more], 300)
     if not args.skip_select:
         size = ["--candidates", "200000", "--positives", "2000", "--count", "2000"] if args.quick else []
         part("selection at scale", [sys.executable, str(REPO / "benchmarks" / "select_scale.py"), *size], 420)
