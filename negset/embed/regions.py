@@ -143,14 +143,7 @@ def map_grid(fmap: np.ndarray, grid: int) -> tuple[list[tuple[int, int, int, int
     at cells 0, 2 and 4 for G = 3.
     """
     _, h, w = fmap.shape
-    s = min(1.0, 1.25 / grid)
-    kw, kh = max(1, round(w * s)), max(1, round(h * s))
-    cells = []
-    for i in range(grid):
-        for j in range(grid):
-            c0 = round(j * (w - kw) / (grid - 1)) if grid > 1 else 0
-            r0 = round(i * (h - kh) / (grid - 1)) if grid > 1 else 0
-            cells.append((c0, r0, c0 + kw, r0 + kh))
+    cells = grid_boxes(w, h, grid)  # the crops' own geometry, in map cells instead of pixels
     vecs = np.stack([fmap[:, r0:r1, c0:c1].mean(axis=(1, 2)) for c0, r0, c1, r1 in cells])
     return cells, _unit(vecs)
 
