@@ -6,25 +6,32 @@ import numpy as np
 from PIL import Image
 
 from negset.core.config import Lighting
+from negset.tag import percentile
+from negset.tag.quality import Grey
 
 LIGHTING_CLASSES = ("dark", "dim", "normal", "bright", "high-contrast")
 
 
-def luminance_stats(image) -> dict:
-    """Luminance and colour statistics of an RGB image (0-255 scale)."""
+def luminance_stats(image, grey: Grey | None = None) -> dict:
+    """Luminance and colour statistics of an RGB image (0-255 scale); ``grey``: its ``Grey``, when the caller
+    has it already (the tag step shares one with the quality checks)."""
+    grey = grey or Grey.of(image)
+    gray_u8, counts = grey.levels, grey.counts
+    gray_f = gray_u8.astype(np.float32)
+    # what np.percentile(gray_f, [5, 50, 95]) gives, from the grey-level histogram (negset/tag/percentile.py)
+    p5, p50, p95 = percentile.from_counts(counts, [5, 50, 95])
+    n = gray_u8.size
     rgb = np.asarray(image, dtype=np.float32)
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
-    p5, p50, p95 = np.percentile(gray, [5, 50, 95])
-    mean_r = float(rgb[..., 0].mean()) if rgb.ndim == 3 else float(gray.mean())
-    mean_b = float(rgb[..., 2].mean()) if rgb.ndim == 3 else float(gray.mean())
+    mean_r = float(rgb[..., 0].mean()) if rgb.ndim == 3 else float(gray_f.mean())
+    mean_b = float(rgb[..., 2].mean()) if rgb.ndim == 3 else float(gray_f.mean())
     return dict(
-        luma_mean=float(gray.mean()),
+        luma_mean=float(gray_f.mean()),
         luma_p5=float(p5),
         luma_p50=float(p50),
         luma_p95=float(p95),
-        luma_std=float(gray.std()),
-        clipped_dark=float((gray <= 5).mean()),
-        clipped_bright=float((gray >= 250).mean()),
+        luma_std=float(gray_f.std()),
+        clipped_dark=float(counts[:6].sum() / n),
+        clipped_bright=float(counts[250:].sum() / n),
         contrast=float((p95 - p5) / 255.0),
         rb_ratio=float((mean_r + 1.0) / (mean_b + 1.0)),
     )

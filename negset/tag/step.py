@@ -224,7 +224,8 @@ def run(params: Params, layout: Layout) -> dict:
     def stats_for(sha: str) -> dict:
         path = layout.object_path(sha)
         image = load_rgb(path, reduce_to=256)
-        return {**luminance_stats(image), **quality.pixel_features(image), **exif_fields(path)}
+        grey = quality.Grey.of(image)  # one grey image and histogram for the statistics, the checks and the hash
+        return {**luminance_stats(image, grey), **quality.pixel_features(image, grey), **exif_fields(path)}
 
     stats = cached_pixel_stats(layout, [im["sha256"] for im in images], stats_for)
 
