@@ -109,21 +109,36 @@ def object_boxes(layout: Layout, min_score: float) -> dict[str, tuple[list[tuple
     """
     if not has_run(layout):
         return {}
-    t = read_detections(layout, ["sha256", "score", "x0", "y0", "x1", "y1"]).to_pydict()
-    sizes = {r["sha256"]: (r["width"], r["height"]) for r in
-             pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "width", "height"]).to_pylist()}
-    out: dict[str, tuple[list, list, float]] = defaultdict(lambda: ([], [], 0.0))
-    for i, sha in enumerate(t["sha256"]):
-        if sha not in sizes:
-            continue
-        boxes, scores, top = out[sha]
-        score = float(t["score"][i])
-        if score >= min_score:
-            w, h = sizes[sha]
-            boxes.append(tuple(min(max(float(v), 0.0), 1.0) for v in
-                               (t["x0"][i] / w, t["y0"][i] / h, t["x1"][i] / w, t["y1"][i] / h)))
-            scores.append(score)
-        out[sha] = (boxes, scores, max(top, score))
+    import numpy as np
+
+    t = read_detections(layout, ["sha256", "score", "x0", "y0", "x1", "y1"])
+    im = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "width", "height"])
+    shas = im.column("sha256").to_pylist()
+    sizes = dict.fromkeys(shas)
+    # each detection's row in images.parquet (-1: an image ingest no longer has), by way of its sha256's code
+    where = {s: i for i, s in enumerate(shas)}
+    codes = t.column("sha256").combine_chunks().dictionary_encode()
+    row = np.array([where.get(s, -1) for s in codes.dictionary.to_pylist()], np.int64)[
+        codes.indices.to_numpy(zero_copy_only=False)] if len(t) else np.zeros(0, np.int64)
+    # one NumPy pass over every detection (the same float64 values a per-detection loop makes), then per image
+    order = np.argsort(row, kind="stable")
+    order = order[row[order] >= 0]
+    row = row[order]
+    score = t.column("score").to_numpy().astype(np.float64)[order]
+    w = im.column("width").to_numpy().astype(np.float64)[row]
+    h = im.column("height").to_numpy().astype(np.float64)[row]
+    xy = np.stack([t.column(c).to_numpy().astype(np.float64)[order] for c in ("x0", "y0", "x1", "y1")], axis=1)
+    xy = np.minimum(np.maximum(xy / np.stack([w, h, w, h], axis=1), 0.0), 1.0)
+    out: dict[str, tuple[list, list, float]] = {}
+    if len(row):
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(row)) + 1])
+        top = np.maximum(np.maximum.reduceat(score, starts), 0.0).tolist()
+        keep = score >= min_score
+        kept = np.searchsorted(np.flatnonzero(keep), np.concatenate([starts, [len(row)]])).tolist()
+        boxes, scores = [tuple(b) for b in xy[keep].tolist()], score[keep].tolist()
+        for g, image in enumerate(row[starts].tolist()):
+            lo, hi = kept[g], kept[g + 1]
+            out[shas[image]] = (boxes[lo:hi], scores[lo:hi], top[g])
     looked_at = set(out)
     if any("speed" in c for c in calibration(layout)["sources"].values()):  # a detector looked at every image
         failed = set(pq.read_table(layout.detect / "rejected.parquet", columns=["sha256"]).column("sha256").to_pylist())

@@ -38,30 +38,10 @@ from negset.core.layout import Layout
 from negset.detect import store as detect_store
 from negset.embed.store import imagenet_names, read_embeddings
 from negset.tag import quality
+from negset.tag.occlusion import occlusion_of, occlusions  # noqa: F401 (occlusion_of: tags.occlusion_of)
 from negset.tag.lighting import _conf, color_temperature, exif_fields, is_night, lighting_tag, luminance_stats
 
 log = logging.getLogger("negset.tags")
-
-def occlusion_of(boxes: list[tuple[float, float, float, float]], cfg: Occlusion) -> tuple[str, float]:
-    """(class, share of occluded objects) from normalised boxes (x0, y0, x1, y1)."""
-    if not boxes:
-        return "none", 0.0
-    b = np.asarray(boxes, dtype=np.float64)
-    m = cfg.edge_margin
-    cut = (b[:, 0] <= m) | (b[:, 1] <= m) | (b[:, 2] >= 1 - m) | (b[:, 3] >= 1 - m)
-    area = np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-12)
-    ix0 = np.maximum(b[:, None, 0], b[None, :, 0])
-    iy0 = np.maximum(b[:, None, 1], b[None, :, 1])
-    ix1 = np.minimum(b[:, None, 2], b[None, :, 2])
-    iy1 = np.minimum(b[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    np.fill_diagonal(inter, 0.0)
-    covered = (inter / area[:, None]).max(axis=1) >= cfg.overlap if len(b) > 1 else np.zeros(len(b), bool)
-    share = float((cut | covered).mean())
-    if share == 0:
-        return "none", 0.0
-    return ("heavy" if share >= cfg.heavy_share else "partial"), share
-
 
 def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """Cosine k-means (vectors are unit length) with k-means++ seeding; deterministic."""
@@ -258,6 +238,17 @@ def run(params: Params, layout: Layout) -> dict:
         log.info("tag: occlusion of %d of %d unlabelled images from the detect step's boxes (score >= %.2f)",
                  len(from_detect), len(unlabelled), cfg.occlusion.detected_score)
 
+    # occlusion from boxes: label boxes for labelled images, else the detector's (all images in one batch)
+    def box_source(im) -> list | None:
+        sha = im["sha256"]
+        if im["labelled"]:
+            return boxes.get(sha, [])
+        found = detected.get(sha) or from_detect.get(sha)
+        return found[0] if found is not None else None
+
+    with_boxes = [(im["sha256"], found) for im in images if (found := box_source(im)) is not None]
+    occluded = dict(zip((s for s, _ in with_boxes), occlusions([f for _, f in with_boxes], cfg.occlusion)))
+
     rows = []
     for im, st in zip(images, stats):
         sha = im["sha256"]
@@ -281,11 +272,11 @@ def run(params: Params, layout: Layout) -> dict:
         )
         # occlusion
         if im["labelled"]:
-            occ, share = occlusion_of(boxes.get(sha, []), cfg.occlusion)
+            occ, share = occluded[sha]
             occ_tag = (occ, "annotation", 1.0)
         elif sha in detected or sha in from_detect:
             found, scores, top = detected[sha] if sha in detected else from_detect[sha]
-            occ, share = occlusion_of(found, cfg.occlusion)
+            occ, share = occluded[sha]
             # detection scores: how sure the detector is of the objects it counted (or of finding none)
             occ_tag = (occ, "computed" if sha in detected else "detector",
                        float(np.mean(scores)) if scores else float(1.0 - top))

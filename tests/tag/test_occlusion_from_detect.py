@@ -32,6 +32,18 @@ def test_unlabelled_images_get_occlusion_from_detections(project):
     unlabelled = [r for r in rows if not images[r["sha256"]]["labelled"]]
     assert len(unlabelled) == 5
     boxes = store.object_boxes(layout, params.tag.occlusion.detected_score)
+    # the reader's one NumPy pass gives what a loop over the detections gives
+    sizes = {r["sha256"]: (r["width"], r["height"]) for r in images.values()}
+    want: dict = {}
+    for d in store.read_detections(layout).to_pylist():
+        found, scores, top = want.get(d["sha256"], ([], [], 0.0))
+        if d["score"] >= params.tag.occlusion.detected_score:
+            w, h = sizes[d["sha256"]]
+            found.append(tuple(min(max(v, 0.0), 1.0) for v in (d["x0"] / w, d["y0"] / h, d["x1"] / w, d["y1"] / h)))
+            scores.append(d["score"])
+        want[d["sha256"]] = (found, scores, max(top, d["score"]))
+    assert want and {s: boxes[s] for s in want} == want
+    assert all(boxes[s] == ([], [], 0.0) for s in set(boxes) - set(want))
     for r in unlabelled:
         assert r["occlusion_source"] == "detector" and r["occlusion"] != "unknown"
         found, scores, top = boxes[r["sha256"]]

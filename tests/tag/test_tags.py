@@ -58,6 +58,29 @@ def test_occlusion_from_boxes():
     assert tags.occlusion_of([inside, behind], Occlusion(overlap=0.9))[0] == "none"
 
 
+def test_occlusion_of_every_image_at_once_equals_one_at_a_time(monkeypatch):
+    from negset.tag import occlusion
+
+    rng = np.random.default_rng(3)
+    images = []
+    for n in [0, 1, 2, 5, 0, 12, 40, 3, 1, 7] * 3:
+        xy = rng.random((n, 2)) * 0.9
+        wh = rng.random((n, 2)) * 0.5
+        images.append([tuple(b) for b in np.concatenate([xy, np.minimum(xy + wh, 1.0)], axis=1).tolist()])
+    images.append([(0.2, 0.2, 0.4, 0.4), (0.25, 0.25, 0.45, 0.45)])  # heavy, as above
+    seen = set()
+    for cfg in (Occlusion(), Occlusion(overlap=0.05, heavy_share=0.3), Occlusion(edge_margin=0.2)):
+        want = [tags.occlusion_of(b, cfg) for b in images]
+        seen |= {w[0] for w in want}
+        assert occlusion.occlusions(images, cfg) == want
+        monkeypatch.setattr(occlusion, "PAIRS_PER_CHUNK", 30)  # many chunks, one image larger than a chunk
+        assert occlusion.occlusions(images, cfg) == want
+        monkeypatch.undo()
+    assert seen == {"none", "partial", "heavy"}  # every class is compared
+    assert occlusion.occlusions([], Occlusion()) == []
+    assert occlusion.occlusions([[], []], Occlusion()) == [("none", 0.0), ("none", 0.0)]
+
+
 def test_kmeans_is_seeded_and_labels_are_stable():
     rng = np.random.default_rng(1)
     centers = rng.normal(size=(3, 16))
