@@ -32,13 +32,13 @@ import pyarrow as pa
 from negset.core import atomic
 from negset.core import parquet as pq
 from negset.core.cache import fields, row_cache
-from negset.core.config import Background, Occlusion, Params
+from negset.core.config import Background, Params
 from negset.core.imageio import load_rgb
 from negset.core.layout import Layout
 from negset.detect import store as detect_store
 from negset.embed.store import imagenet_names, read_embeddings
 from negset.tag import quality
-from negset.tag.occlusion import occlusion_of, occlusions  # noqa: F401 (occlusion_of: tags.occlusion_of)
+from negset.tag.occlusion import occlusions
 from negset.tag.lighting import _conf, color_temperature, exif_fields, is_night, lighting_tag, luminance_stats
 
 log = logging.getLogger("negset.tags")

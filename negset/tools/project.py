@@ -82,7 +82,7 @@ STAGES: dict[str, Stage] = {
               Path_("data/detect", note="the target evidence (rule detected_target, evidence hardness)"),
               Path_(REVIEWS, note="what `negset review` decided (a header-only file when nothing yet)")),
         params=("select",),
-        reads=("negset/embed/store.py", "negset/tag/quality.py", "negset/review/decisions.py",
+        reads=("negset/embed/store.py", "negset/tag/quality.py", "negset/tag/percentile.py", "negset/review/decisions.py",
                "negset/detect/store.py", "negset/detect/names.py"),
         outs=(Path_("data/select"),),
     ),

@@ -12,6 +12,7 @@ from negset.detect import step as detect
 from negset.embed import step as embed
 from negset.ingest import step as ingest
 from negset.tag import step as tags
+from negset.tag.occlusion import occlusion_of
 from tests.conftest import write_params
 
 
@@ -48,7 +49,7 @@ def test_unlabelled_images_get_occlusion_from_detections(project):
         assert r["occlusion_source"] == "detector" and r["occlusion"] != "unknown"
         found, scores, top = boxes[r["sha256"]]
         assert r["detected_objects"] == len(found)
-        assert (r["occlusion"], r["occluded_share"]) == tags.occlusion_of(found, params.tag.occlusion)
+        assert (r["occlusion"], r["occluded_share"]) == occlusion_of(found, params.tag.occlusion)
     assert any(r["detected_objects"] for r in unlabelled)
     assert all(r["occlusion_source"] == "annotation" for r in rows if images[r["sha256"]]["labelled"])
     # the scene from the same detections: a street photo is outdoor, a cluster may be named by its scene

@@ -13,6 +13,7 @@ from negset.core.layout import Layout
 from negset.embed import step as embed
 from negset.ingest import step as ingest
 from negset.tag import step as tags
+from negset.tag.occlusion import occlusion_of
 from negset.tag.lighting import LIGHTING_CLASSES, lighting_tag, luminance_stats
 from tests.conftest import tag_project, write_params
 
@@ -46,16 +47,16 @@ def test_lighting_classes_follow_thresholds():
 
 def test_occlusion_from_boxes():
     cfg = Occlusion()
-    assert tags.occlusion_of([], cfg) == ("none", 0.0)
+    assert occlusion_of([], cfg) == ("none", 0.0)
     inside = (0.2, 0.2, 0.4, 0.4)
     far = (0.6, 0.6, 0.8, 0.8)
-    assert tags.occlusion_of([inside, far], cfg) == ("none", 0.0)
+    assert occlusion_of([inside, far], cfg) == ("none", 0.0)
     cut = (0.0, 0.5, 0.3, 0.9)  # touches the left edge
-    assert tags.occlusion_of([inside, far, cut], cfg) == ("partial", 1 / 3)
+    assert occlusion_of([inside, far, cut], cfg) == ("partial", 1 / 3)
     behind = (0.25, 0.25, 0.45, 0.45)  # mostly covered by `inside`, and covering it
-    label, share = tags.occlusion_of([inside, behind], cfg)
+    label, share = occlusion_of([inside, behind], cfg)
     assert label == "heavy" and share == 1.0
-    assert tags.occlusion_of([inside, behind], Occlusion(overlap=0.9))[0] == "none"
+    assert occlusion_of([inside, behind], Occlusion(overlap=0.9))[0] == "none"
 
 
 def test_occlusion_of_every_image_at_once_equals_one_at_a_time(monkeypatch):
@@ -70,7 +71,7 @@ def test_occlusion_of_every_image_at_once_equals_one_at_a_time(monkeypatch):
     images.append([(0.2, 0.2, 0.4, 0.4), (0.25, 0.25, 0.45, 0.45)])  # heavy, as above
     seen = set()
     for cfg in (Occlusion(), Occlusion(overlap=0.05, heavy_share=0.3), Occlusion(edge_margin=0.2)):
-        want = [tags.occlusion_of(b, cfg) for b in images]
+        want = [occlusion_of(b, cfg) for b in images]
         seen |= {w[0] for w in want}
         assert occlusion.occlusions(images, cfg) == want
         monkeypatch.setattr(occlusion, "PAIRS_PER_CHUNK", 30)  # many chunks, one image larger than a chunk
