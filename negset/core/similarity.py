@@ -295,7 +295,8 @@ class PositiveIndex:
         order = np.argsort(assign, kind="stable")
         self.members = order  # positive index of each grouped row
         self.bounds = np.searchsorted(assign[order], np.arange(self.lists + 1))
-        self.grouped = np.ascontiguousarray(P32[order])
+        # LANES - 1 zero rows after the last list: every list's product can run LANES-wide (below)
+        self.grouped = np.ascontiguousarray(np.concatenate([P32[order], np.zeros((LANES - 1, P32.shape[1]), np.float32)]))
         self.nprobe = min(self.lists, max(MIN_PROBE, int(np.ceil(probe_share * self.lists))))
 
     def describe(self) -> str:
@@ -318,6 +319,7 @@ class PositiveIndex:
         cent, grouped = torch.from_numpy(self.centroids), torch.from_numpy(self.grouped)
         # the probe and the projection in one product: the centroids' columns, then the projection's
         both = cent.T if project is None else torch.cat([cent.T, torch.from_numpy(np.asarray(project, np.float32))], 1)
+        both = _lane_padded(both)
         proj = None if project is None else np.empty((n, project.shape[1]), np.float32)
 
         def block(start: int) -> None:
@@ -327,7 +329,7 @@ class PositiveIndex:
                 v, i = self._search_block(X, k, XB[:, : self.lists], grouped)
                 vals[start : start + len(X)], idx[start : start + len(X)] = v.numpy(), self.members[i.numpy()]
                 if proj is not None:
-                    proj[start : start + len(X)] = XB[:, self.lists :].numpy()
+                    proj[start : start + len(X)] = XB[:, self.lists : self.lists + proj.shape[1]].numpy()
 
         in_threads(block, range(0, n, chunk))
         return vals, idx, proj
@@ -348,11 +350,28 @@ class PositiveIndex:
             lo, hi = int(self.bounds[j]), int(self.bounds[j + 1])
             if cnt == 0 or hi == lo:
                 continue
-            v, cols = torch.topk(X.index_select(0, sel // probe) @ grouped[lo:hi].T, min(k, hi - lo), dim=1)
+            # the product over a width rounded up to LANES (the next list's first rows, or the zero rows after
+            # the last), its extra columns dropped before the top-k: the fast GEMM kernels for any list size
+            sims = X.index_select(0, sel // probe) @ grouped[lo : lo + _lanes(hi - lo)].T
+            v, cols = torch.topk(sims[:, : hi - lo], min(k, hi - lo), dim=1)
             found_v[sel, : v.shape[1]] = v
             found_i[sel, : v.shape[1]] = cols + lo
         top_v, top = torch.topk(found_v.reshape(m, probe * k), k, dim=1)
         return top_v, torch.gather(found_i.reshape(m, probe * k), 1, top)
+
+
+LANES = 16  # products whose output width is a multiple of this ran 10-35% faster (MKL, AMD EPYC: 167 -> 176 columns)
+
+
+def _lanes(width: int) -> int:
+    return -(-width // LANES) * LANES
+
+
+def _lane_padded(M):
+    """The (d x w) torch matrix with zero columns up to a multiple of LANES (callers slice them off)."""
+    torch = _torch()
+    extra = _lanes(M.shape[1]) - M.shape[1]
+    return M if extra == 0 else torch.cat([M, torch.zeros((M.shape[0], extra), dtype=M.dtype)], 1).contiguous()
 
 
 PROJECTION_DIMS = 128  # the selection's k-center projection of large cells (negset.select.picks)

@@ -110,3 +110,24 @@ def test_large_products_in_threads_match_numpy_and_repeat(data):
     assert none is None and proj.shape == (len(C), 16)
     np.testing.assert_allclose(proj, np.asarray(C, np.float32) @ R, atol=1e-4)
     assert (sim.random_projection(4, C.shape[1], 16) is R) and not np.array_equal(sim.random_projection(5, C.shape[1], 16), R)
+
+
+def test_search_scores_exactly_the_probed_lists(data):
+    """Each row's estimate is the exact top-k over the members of its probed lists, whatever the lists' sizes
+    (products run over widths rounded up to sim.LANES: the extra columns never count), and the projection
+    made in the same pass is the row's product with it."""
+    C, P, _ = data
+    index = sim.PositiveIndex(P)
+    sizes = np.diff(index.bounds)
+    assert (sizes % sim.LANES != 0).any(), "some list width is not a multiple of LANES"
+    rows = np.asarray(C[:300], np.float32)
+    project = sim.random_projection(0, P.shape[1], 37)  # 37: a width that needs padding too
+    vals, idx, proj = index.search(rows, 5, project=project)
+    probed = np.argsort(-(rows @ index.centroids.T), axis=1)[:, : index.nprobe]
+    for r in range(len(rows)):
+        members = np.concatenate([index.members[index.bounds[j] : index.bounds[j + 1]] for j in probed[r]])
+        s = rows[r] @ P[members].T
+        best = np.argsort(-s)[:5]
+        np.testing.assert_allclose(vals[r], s[best], atol=1e-5)
+        assert set(idx[r].tolist()) <= set(members.tolist())
+    np.testing.assert_allclose(proj, rows @ project, atol=1e-4)
