@@ -171,8 +171,9 @@ def _run_detector(det, layout: Layout, images: list[dict], every: int, compute=N
 def _strongest(rows: list[dict], wanted: set[str]) -> dict[str, tuple]:
     """sha256 -> (score, class, box) of the highest-scoring detection of a class in ``wanted``."""
     best: dict[str, tuple] = {}
+    hits = {c for c in {r["cls"] for r in rows} if normalise(c) in wanted}  # each class name normalised once
     for r in rows:
-        if normalise(r["cls"]) in wanted and (r["sha256"] not in best or r["score"] > best[r["sha256"]][0]):
+        if r["cls"] in hits and (r["sha256"] not in best or r["score"] > best[r["sha256"]][0]):
             best[r["sha256"]] = (float(r["score"]), r["cls"], (r["x0"], r["y0"], r["x1"], r["y1"]))
     return best
 
