@@ -114,7 +114,6 @@ def object_boxes(layout: Layout, min_score: float) -> dict[str, tuple[list[tuple
     t = read_detections(layout, ["sha256", "score", "x0", "y0", "x1", "y1"])
     im = pq.read_table(layout.ingest / "images.parquet", columns=["sha256", "width", "height"])
     shas = im.column("sha256").to_pylist()
-    sizes = dict.fromkeys(shas)
     # each detection's row in images.parquet (-1: an image ingest no longer has), by way of its sha256's code
     where = {s: i for i, s in enumerate(shas)}
     codes = t.column("sha256").combine_chunks().dictionary_encode()
@@ -143,7 +142,7 @@ def object_boxes(layout: Layout, min_score: float) -> dict[str, tuple[list[tuple
     if any("speed" in c for c in calibration(layout)["sources"].values()):  # a detector looked at every image
         failed = set(pq.read_table(layout.detect / "rejected.parquet", columns=["sha256"]).column("sha256").to_pylist())
         looked_at |= set(evidence(layout).column("sha256").to_pylist()) - failed
-    return {s: out.get(s, ([], [], 0.0)) for s in looked_at if s in sizes}
+    return {s: out.get(s, ([], [], 0.0)) for s in looked_at if s in where}
 
 
 USER_KINDS = ("model", "predictions")
