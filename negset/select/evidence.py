@@ -84,7 +84,26 @@ class Evidence:
         values = self.pos_similarity[rows] if kind == "topk" else self.nearest_similarity[rows]
         down, up = self.estimate.bounds(kind, threshold)
         self.margins_used[cause] = dict(threshold=round(float(threshold), 5), below=round(up, 5), above=round(down, 5))
-        return self.rescore(rows[self.estimate.near(kind, values, threshold)], cause)
+        near = self.estimate.near(kind, values, threshold) & ~self.exact[rows]
+        if self.estimate.refine is not None and near.any():
+            # int8 estimates near the threshold: their float32 values over the same probed lists first (lower
+            # bounds, as a float32 index gives); only those near it by the float32 values' own error are re-scored
+            at = np.flatnonzero(near)
+            firm = self.refine_rows(rows[at])[0 if kind == "topk" else 1]
+            near[at] = self.estimate.refined.near(kind, firm, threshold)
+            down, up = self.estimate.refined.bounds(kind, threshold)
+            self.margins_used[cause].update(refined=len(at), below_float32=round(up, 5), above_float32=round(down, 5))
+        return self.rescore(rows[near], cause)
+
+    def refine_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The float32 estimates (over the same probed lists) in place of the int8 ones for pool ``rows``: their
+        (scene similarity, nearest similarity), now stored (the hardness follows where it is the scene similarity)."""
+        t, b, nearest = self.estimate.refine(sim.RowView(self.pool.vectors, rows))
+        self.pos_similarity[rows], self.nearest_similarity[rows] = t, b
+        self.nearest_positive[rows] = self.positives[nearest]
+        for arr in {id(c): c for c in self._scene_copies()}.values():
+            arr[rows] = t
+        return t, b
 
     def rescore(self, rows: np.ndarray, cause: str) -> int:
         """Exact float32 scene similarity, nearest similarity and nearest positive for ``rows`` (pool rows) not

@@ -250,6 +250,11 @@ class Quarantine(Rule):
         if ev.exact is not None or not neg.exact:  # approximate: close calls are decided on exact values
             pos = ev.estimate if ev.exact is not None else sim.Estimate(*(np.zeros(0),) * 3, "exact float32")
             unsure = sim.unsure_order(pos, ev.nearest_similarity[rows], neg, neg_best)
+            if pos.refine is not None:  # int8 estimates: the unsure ones' float32 values first (lower bounds)
+                at = np.flatnonzero(unsure & ~ev.exact[rows])
+                if len(at):
+                    ev.refine_rows(rows[at])
+                    unsure[at] = sim.unsure_order(pos.refined, ev.nearest_similarity[rows[at]], neg, neg_best[at])
             ev.rescore(rows[unsure], "nearest_labelled")
             if not neg.exact and unsure.any():
                 neg_best[unsure] = sim.exact_similarity(pool.vectors, rows[unsure], R, 1, numpy_ok=False)[1]

@@ -29,7 +29,19 @@ def data():
     return C, P, exact
 
 
-def test_forced_index_is_a_lower_bound_with_measured_error(data):
+@pytest.fixture(params=[False, True], ids=["float32", "int8"])
+def products(request, monkeypatch):
+    """The index's and brute force's products in float32 / bfloat16, or in int8 (forced: whatever the CPU)."""
+    monkeypatch.setattr(sim, "int8_products", lambda: request.param)
+    return "int8" if request.param else "float32"
+
+
+@pytest.fixture
+def float32(monkeypatch):
+    monkeypatch.setattr(sim, "int8_products", lambda: False)
+
+
+def test_forced_index_is_a_lower_bound_with_measured_error(data, float32):
     C, P, (t, b, a) = data
     est = sim.estimate_similarity(C, P, 5, approx_above=0, sample=500)
     assert not est.exact and est.lower_bound and "inverted lists" in est.method
@@ -44,13 +56,58 @@ def test_forced_index_is_a_lower_bound_with_measured_error(data):
     assert est.max_error("topk") == pytest.approx(float(np.abs(t[est.sample] - est.topk[est.sample]).max()), abs=1e-6)
 
 
-def test_rows_outside_the_margin_decide_as_the_exact_values_do(data):
+def test_rows_outside_the_margin_decide_as_the_exact_values_do(data, products):
     C, P, (t, b, a) = data
     est = sim.estimate_similarity(C, P, 5, approx_above=0, sample=500)
+    assert est.method.endswith(products)
     for thr in np.quantile(t, [0.5, 0.8, 0.95]):
         near = est.near("topk", est.topk, float(thr))
         assert ((est.topk >= thr) == (t >= thr))[~near].all()
         assert near.sum() < 0.5 * len(C)  # the margin is narrow: most rows need no exact re-score
+
+
+def test_int8_index_is_refined_to_float32_lower_bounds(data, monkeypatch):
+    """int8 list products may land on either side of the exact value (two-sided margins); ``refine`` gives the
+    float32 values over the same probed lists (what a float32 index estimates: lower bounds), and ``refined``
+    their own measured error, which decides the rows near a threshold as the exact values do."""
+    C, P, (t, b, a) = data
+    monkeypatch.setattr(sim, "int8_products", lambda: True)
+    est = sim.estimate_similarity(C, P, 5, approx_above=0, sample=500)
+    assert not est.lower_bound and "int8" in est.method and est.recall >= RECALL_FLOOR
+    err = t - est.topk
+    assert (err < -sim.FLOAT_SLACK).any(), "int8 rounding puts some estimates over the exact value"
+    assert np.abs(est.best - b)[est.arg == a].max() < 0.01  # rounding only, where the nearest positive was found
+    down, up = est.bounds("topk", float(np.median(t)))
+    assert down > sim.FLOAT_SLACK and up > 0
+    rows = np.arange(0, len(C), 7)
+    rt, rb, ra = est.refine(sim.RowView(C, rows))
+    monkeypatch.setattr(sim, "int8_products", lambda: False)
+    want = sim.PositiveIndex(P, seed=0).search(np.asarray(C[rows]), 5)[0]
+    np.testing.assert_allclose(rt, want.mean(axis=1), atol=1e-5)
+    np.testing.assert_allclose(rb, want[:, 0], atol=1e-5)
+    assert (rt <= t[rows] + sim.FLOAT_SLACK).all() and (rb <= b[rows] + sim.FLOAT_SLACK).all()
+    ref = est.refined
+    assert ref.lower_bound and ref.bounds("topk", 0.5)[0] == sim.FLOAT_SLACK
+    np.testing.assert_allclose(ref.topk, est.refine(sim.RowView(C, est.sample))[0], atol=1e-6)
+    for thr in np.quantile(t, [0.5, 0.8, 0.95]):
+        near = ref.near("topk", rt, float(thr))
+        assert ((rt >= thr) == (t[rows] >= thr))[~near].all()
+
+
+def test_int8_brute_force_error_is_rounding_only(data, monkeypatch):
+    """Brute force (index=False) in int8: every positive scored, values within int8 rounding of the exact ones,
+    the nearest positive the exact one wherever the runner-up is not within that rounding."""
+    C, P, (t, b, a) = data
+    monkeypatch.setattr(sim, "int8_products", lambda: True)
+    est = sim.estimate_similarity(C, P, 1, approx_above=0, sample=500, index=False)
+    assert est.method == "brute force, int8" and not est.lower_bound
+    _, b1, a1 = sim.exact_similarity(C, np.arange(len(C)), P, 1)
+    assert np.abs(est.best - b1).max() < 0.01
+    sims = np.asarray(C, np.float32) @ P.T
+    gap = b1 - np.partition(sims, -2, axis=1)[:, -2]
+    clear = gap > 0.01
+    assert clear.mean() > 0.2 and (est.arg == a1)[clear].all()
+    assert est.max_error("best") == pytest.approx(float(np.abs(b1[est.sample] - est.best[est.sample]).max()), abs=1e-6)
 
 
 def test_small_products_stay_exact_and_the_same(data):
@@ -62,7 +119,7 @@ def test_small_products_stay_exact_and_the_same(data):
     np.testing.assert_array_equal(est.arg, a2)
 
 
-def test_recall_near_the_positives(data):
+def test_recall_near_the_positives(data, float32):
     C, P, (t, b, a) = data
     near = np.flatnonzero(t >= np.quantile(t, 0.6))
     _, idx, _ = sim.PositiveIndex(P).search(C[near], 5)
@@ -112,7 +169,7 @@ def test_large_products_in_threads_match_numpy_and_repeat(data):
     assert (sim.random_projection(4, C.shape[1], 16) is R) and not np.array_equal(sim.random_projection(5, C.shape[1], 16), R)
 
 
-def test_search_scores_exactly_the_probed_lists(data):
+def test_search_scores_exactly_the_probed_lists(data, float32):
     """Each row's estimate is the exact top-k over the members of its probed lists, whatever the lists' sizes
     (products run over widths rounded up to sim.LANES: the extra columns never count), and the projection
     made in the same pass is the row's product with it."""

@@ -31,12 +31,18 @@ def synthetic_pool(n_pos: int = 1024, n_cand: int = 9000, dim: int = 64, copies:
     return pool, leaks
 
 
-@pytest.fixture(scope="module")
-def both():
+@pytest.fixture(scope="module", params=[False, True], ids=["float32", "int8"])
+def both(request):
+    """The exact selection and the approximate one (index products in float32, or int8 refined to float32)."""
+    from negset.core import similarity as sim
+
     pool, leaks = synthetic_pool()
     cfg = Select(count=800)
     exact = choose(pool, cfg, 800)
-    approx = choose(pool, cfg, 800, approx_above=0)  # forced: 9,000 x 1,024 products are far under INDEX_ABOVE
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sim, "int8_products", lambda: request.param)
+        approx = choose(pool, cfg, 800, approx_above=0)  # forced: 9,000 x 1,024 products are far under INDEX_ABOVE
+    assert approx.evidence.estimate.method.endswith("int8" if request.param else "float32")
     return pool, leaks, exact, approx
 
 
@@ -45,7 +51,8 @@ def test_forced_index_path_runs_approximate(both):
     assert exact.evidence.exact is None and exact.evidence.estimate.exact
     rep = approx.evidence.similarity_report()
     assert not rep["exact"] and "inverted lists" in rep["method"]
-    assert rep["recall"] >= 0.9
+    # int8 rounding swaps near-tied 5th and 6th positives (64 dimensions: coarse codes), so fewer are the same ones
+    assert rep["recall"] >= (0.85 if "int8" in rep["method"] else 0.9)
     assert rep["rescored"]["picks"] > 0 and set(rep["margins"]) >= {"near_duplicate", "quarantine"}
     # the pass made every candidate's k-center projection too (large cells pick on it); the exact path made none
     from negset.core import similarity as sim
