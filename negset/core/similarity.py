@@ -179,9 +179,11 @@ def similarity_to_positives(
     Pt = torch.from_numpy(np.ascontiguousarray(P, dtype=np.float32))
     if int8:  # one scale for all of P: each row's int32 products order as its dequantised values do
         qPt, p_scale = _int8(Pt, per_row=False)
-        qPt = qPt.T
+        qPt = qPt.T.contiguous()
     else:
-        Pt = Pt.to(dtype)
+        # P transposed once, contiguous: products with a (d x m) matrix ran 1.2-1.45x faster here than with P.T
+        # (MKL float32 57 -> 83 GFLOPS a core at 1,024 x 1,280 x 10,000; int8 361 -> 430 GOPS)
+        PtT = Pt.to(dtype).T.contiguous()
     # some rows of a matrix: gathered by torch (every core) instead of NumPy fancy indexing (one core)
     Vt = _tensor(C.V) if isinstance(C, RowView) else None
     if int8:
@@ -199,7 +201,7 @@ def similarity_to_positives(
                 qx, x_scale = _int8(block.float())
                 sims = torch._int_mm(qx, qPt)  # exact int32 sums of the int8 products
             else:
-                sims = block.to(dtype) @ Pt.T
+                sims = block.to(dtype) @ PtT
             if k == 1:  # the same value and index as topk, several times faster
                 vals, idx = sims.max(dim=1, keepdim=True)
             else:
@@ -350,7 +352,7 @@ class PositiveIndex:
         self.int8 = int8_products() if int8 is None else int8
         if self.int8:  # int8 codes of the grouped positives, one scale for all: int32 products order as values do
             codes, self.scale = _int8(_torch().from_numpy(self.grouped), per_row=False)
-            self.codes = codes
+            self.codes = codes.T.contiguous()  # (d x positives): each list's columns a slice (1.14x a .T view)
 
     def describe(self) -> str:
         return (f"inverted lists: {self.lists} k-means lists of about {len(self.members) // self.lists} positives, "
@@ -396,8 +398,10 @@ class PositiveIndex:
         return vals, idx, proj
 
     def _search_block(self, X, k: int, to_centroids, grouped):
-        """One block (torch float32): the (row, probed list) pairs grouped by list, one product per list against
-        its positives, each pair's best k, then each row's best k of its probes (descending; grouped indices)."""
+        """One block: the (row, probed list) pairs grouped by list, one product per list against its positives,
+        each pair's best k, then each row's best k of its probes (descending; grouped indices). X is float32 with
+        ``grouped`` the grouped positives' rows, or (int8 codes, row scales) with ``grouped`` their int8 codes'
+        columns."""
         torch = _torch()
         quantised = isinstance(X, tuple)
         if quantised:
@@ -418,7 +422,7 @@ class PositiveIndex:
             # the last), its extra columns dropped before the top-k: the fast GEMM kernels for any list size
             of = sel // probe  # the block row of each pair
             if quantised:
-                sims = torch._int_mm(X.index_select(0, of), grouped[lo : lo + _lanes(hi - lo)].T)
+                sims = torch._int_mm(X.index_select(0, of), grouped[:, lo : lo + _lanes(hi - lo)])
             else:
                 sims = X.index_select(0, of) @ grouped[lo : lo + _lanes(hi - lo)].T
             v, cols = torch.topk(sims[:, : hi - lo], min(k, hi - lo), dim=1)
