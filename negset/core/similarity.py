@@ -19,9 +19,11 @@ functions pick the kernel by the size of the product:
 top-k similarity to the positives: up to ``INDEX_ABOVE`` (candidates x
 positives) it is :func:`similarity_to_positives`, exact; above, a
 :class:`PositiveIndex` (spherical k-means lists over the positives, each
-candidate scored in float32 against the positives of its ``nprobe`` nearest
-lists only: about ``PROBE_SHARE`` of the products, so a top-k is the exact
-top-k of a subset, never above the exact value) answers, and a seeded
+candidate scored against the positives of its ``nprobe`` nearest lists only:
+about ``PROBE_SHARE`` of the products; in float32 a top-k is the exact top-k
+of a subset, never above the exact value; in int8 (:func:`int8_products`) it
+may lie either side by the rounding, and ``Estimate.refine`` gives the
+float32 values of rows near a threshold) answers, and a seeded
 sample of rows is scored exactly too, so the :class:`Estimate` knows its own
 error (recall of the top-k, largest error of the top-k mean and of the
 nearest similarity). The selection then re-scores exactly (float32, all
