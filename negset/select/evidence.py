@@ -99,11 +99,16 @@ class Evidence:
         """The float32 estimates (over the same probed lists) in place of the int8 ones for pool ``rows``: their
         (scene similarity, nearest similarity), now stored (the hardness follows where it is the scene similarity)."""
         t, b, nearest = self.estimate.refine(sim.RowView(self.pool.vectors, rows))
-        self.pos_similarity[rows], self.nearest_similarity[rows] = t, b
+        self.store_scene(rows, t, b, nearest)
+        return t, b
+
+    def store_scene(self, rows: np.ndarray, topk: np.ndarray, best: np.ndarray, nearest: np.ndarray) -> None:
+        """Scene similarity, nearest similarity and nearest positive (an index of P) for pool ``rows``, written
+        into the evidence and into the arrays holding the scene similarity as hardness or likeness."""
+        self.pos_similarity[rows], self.nearest_similarity[rows] = topk, best
         self.nearest_positive[rows] = self.positives[nearest]
         for arr in {id(c): c for c in self._scene_copies()}.values():
-            arr[rows] = t
-        return t, b
+            arr[rows] = topk
 
     def rescore(self, rows: np.ndarray, cause: str) -> int:
         """Exact float32 scene similarity, nearest similarity and nearest positive for ``rows`` (pool rows) not
@@ -114,8 +119,7 @@ class Evidence:
         rows = rows[~self.exact[rows]]
         self.rescored[cause] = self.rescored.get(cause, 0) + len(rows)
         if len(rows):
-            copies = [a for a in {id(a): a for a in self._scene_copies()}.values()]
-            exact_rows(self, rows, copies)
+            exact_rows(self, rows)
         return len(rows)
 
     def _scene_copies(self) -> list[np.ndarray]:
@@ -191,14 +195,12 @@ def scene_similarity(pool: Pool, cand_rows: np.ndarray, pos_rows: np.ndarray, P:
     return topk, best, nearest, est
 
 
-def exact_rows(ev: Evidence, rows: np.ndarray, copies: list[np.ndarray] = ()) -> None:
+def exact_rows(ev: Evidence, rows: np.ndarray) -> None:
     """Exact float32 scene similarity, nearest similarity and positive for pool ``rows``, written into the
-    evidence (and into ``copies``: arrays holding the scene similarity too); they are marked exact."""
+    evidence (``Evidence.store_scene``); they are marked exact."""
     # only an approximate selection re-scores rows, and it runs torch already: torch for every size
     t, b, a = sim.exact_similarity(ev.pool.vectors, rows, ev.P, ev.cfg.top_k, numpy_ok=False)
-    ev.pos_similarity[rows], ev.nearest_similarity[rows], ev.nearest_positive[rows] = t, b, ev.positives[a]
-    for arr in copies:
-        arr[rows] = t
+    ev.store_scene(rows, t, b, a)
     ev.exact[rows] = True
 
 
