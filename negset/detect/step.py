@@ -23,7 +23,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from negset.core import atomic, catalog
@@ -34,6 +33,7 @@ from negset.core.imageio import load_rgb
 from negset.core.layout import Layout
 from negset.core.progress import track
 from negset.detect.calibrate import image_evidence, threshold_from_positives
+from negset.detect.found import Found
 from negset.detect.names import normalise
 from negset.detect.predictions import read_predictions
 
@@ -126,7 +126,7 @@ def _fill_cache(det, layout: Layout, todo: list[dict], every: int, cache=None) -
     return rejected
 
 
-def _run_detector(det, layout: Layout, images: list[dict], every: int, compute=None) -> tuple[list[dict], list[dict], dict]:
+def _run_detector(det, layout: Layout, images: list[dict], every: int, compute=None) -> tuple[Found, list[dict], dict]:
     """Detections of one ONNX detector on every image (cached), rejected images, and timing.
 
     ``compute(source label, sha256s) -> rejected rows`` may run the new images elsewhere (``flows/distributed.py``)
@@ -157,34 +157,17 @@ def _run_detector(det, layout: Layout, images: list[dict], every: int, compute=N
                   images_per_s=round(ran / elapsed, 2) if ran and elapsed > 0 else None,
                   tiled=det.tiled if det.src.tiles else 0, tile_passes=det.tile_passes if det.src.tiles else 0,
                   **({"distributed": elsewhere} if compute is not None else {}))
-    rows = []
-    for im in images:
-        hit = fields(cache, im["sha256"], _CACHE_KEYS)
-        if hit is None:
-            continue
-        boxes = np.asarray(hit["box"], np.float64).reshape(-1, 4)
-        for c, s, b, t in zip(hit["cls"], hit["score"], boxes, hit["tile"]):
-            rows.append(dict(sha256=im["sha256"], cls=det.names[c], score=s, x0=b[0], y0=b[1], x1=b[2], y1=b[3], tile=t))
-    return rows, rejected, timing
+    hits = ((im["sha256"], fields(cache, im["sha256"], _CACHE_KEYS)) for im in images)
+    return Found.from_cached(det.names, [(sha, hit) for sha, hit in hits if hit is not None]), rejected, timing
 
 
-def _strongest(rows: list[dict], wanted: set[str]) -> dict[str, tuple]:
-    """sha256 -> (score, class, box) of the highest-scoring detection of a class in ``wanted``."""
-    best: dict[str, tuple] = {}
-    hits = {c for c in {r["cls"] for r in rows} if normalise(c) in wanted}  # each class name normalised once
-    for r in rows:
-        if r["cls"] in hits and (r["sha256"] not in best or r["score"] > best[r["sha256"]][0]):
-            best[r["sha256"]] = (float(r["score"]), r["cls"], (r["x0"], r["y0"], r["x1"], r["y1"]))
-    return best
-
-
-def _calibrate(src: DetectSource, rows: list[dict], images: list[dict], targets: set[str], known: list[str] | None,
+def _calibrate(src: DetectSource, found: Found, images: list[dict], targets: set[str], known: list[str] | None,
                params: Params) -> tuple[dict, dict[str, tuple]]:
     """The source's calibration record and its strongest target detection per image."""
-    strongest = _strongest(rows, targets)
-    classes = {normalise(c) for c in (known if known is not None else [r["cls"] for r in rows])}
+    strongest = found.strongest(targets)
+    classes = {normalise(c) for c in (known if known is not None else found.class_names())}
     knows = bool(classes & targets)
-    covered = {r["sha256"] for r in rows} if src.predictions else None  # a detector looks at every image
+    covered = found.images() if src.predictions else None  # a detector looks at every image
     positives = [im["sha256"] for im in images if im["role"] == "positive" and (covered is None or im["sha256"] in covered)]
     record = threshold_from_positives([strongest[s][0] if s in strongest else 0.0 for s in positives], params.detect.calibration)
     if not knows:
@@ -247,10 +230,10 @@ def run(params: Params, layout: Layout, compute=None) -> dict:
     images = _images(layout)
     targets = target_classes(params)
     # read and check every source before any long work: a mistake costs seconds, not a detector run
-    predicted = {s.label: read_predictions(s, layout.root, _default_coco(params, layout), images)
+    predicted = {s.label: Found.from_rows(read_predictions(s, layout.root, _default_coco(params, layout), images))
                  for s in cfg.sources if s.predictions}
     detectors = {s.label: _detector(s, params, layout) for s in cfg.sources if s.model}
-    found: dict[str, list[dict]] = {}
+    found: dict[str, Found] = {}
     rejected: list[dict] = []
     timing: dict[str, dict] = {}
     for src in cfg.sources:
@@ -262,22 +245,22 @@ def run(params: Params, layout: Layout, compute=None) -> dict:
             seen = {x["sha256"] for x in rejected}
             rejected += [r for r in bad if r["sha256"] not in seen]
     known = {normalise(c) for det in detectors.values() for c in (det.names or [])} | {
-        normalise(r["cls"]) for src in cfg.sources if src.predictions for r in found[src.label]}
+        normalise(c) for src in cfg.sources if src.predictions for c in found[src.label].class_names()}
     confusers = confuser_classes(cfg.confusers, targets, known)
     calibration, strongest_target, strongest_confuser = {}, {}, {}
     for src in cfg.sources:
         known = detectors[src.label].names if src.label in detectors else None
         calibration[src.label], strongest_target[src.label] = _calibrate(src, found[src.label], images, targets, known, params)
-        strongest_confuser[src.label] = _strongest(found[src.label], confusers)
+        strongest_confuser[src.label] = found[src.label].strongest(confusers)
         if src.label in timing:
             calibration[src.label]["speed"] = timing[src.label]
     thresholds = {s: c["threshold"] for s, c in calibration.items()}
     evidence = _evidence_rows(images, strongest_target, strongest_confuser, thresholds)
 
-    detections = [dict(sha256=r["sha256"], source=name, **{"class": r["cls"]}, score=r["score"], x0=r["x0"], y0=r["y0"],
-                       x1=r["x1"], y1=r["y1"], tile=r.get("tile", 0)) for name, rows in found.items() for r in rows]
-    detections.sort(key=lambda r: (r["sha256"], r["source"], -r["score"]))
-    atomic.write_parquet(pa.Table.from_pylist(detections, schema=DETECTIONS_SCHEMA), layout.detect / "detections.parquet")
+    # sorted by image, source, then score high to low (a stable sort: equal scores keep the source's order)
+    detections = pa.concat_tables([f.table(name) for name, f in found.items()] or [Found.from_rows([]).table("")])
+    detections = detections.sort_by([("sha256", "ascending"), ("source", "ascending"), ("score", "descending")])
+    atomic.write_parquet(detections.cast(DETECTIONS_SCHEMA), layout.detect / "detections.parquet")
     atomic.write_parquet(pa.Table.from_pylist(evidence, schema=EVIDENCE_SCHEMA), layout.detect / "evidence.parquet")
     atomic.write_parquet(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), layout.detect / "rejected.parquet")
     record = dict(target_classes=sorted(targets), confusers=sorted(confusers), sources=calibration)
@@ -297,7 +280,7 @@ def run(params: Params, layout: Layout, compute=None) -> dict:
             log.warning("detect %s: finds the target in only %.0f%% of the positives at the threshold %.3f",
                         name, 100 * c["recall_at_threshold"], c["threshold"])
     summary = dict(
-        images=len(images), detections=len(detections), rejected=len(rejected),
+        images=len(images), detections=detections.num_rows, rejected=len(rejected),
         sources={n: dict(detections=len(r), threshold=calibration[n]["threshold"], method=calibration[n]["method"],
                          recall_at_threshold=calibration[n]["recall_at_threshold"], **({"speed": timing[n]} if n in timing else {}))
                  for n, r in found.items()},
@@ -306,5 +289,5 @@ def run(params: Params, layout: Layout, compute=None) -> dict:
         detected_now=sum(t["ran"] for t in timing.values()),
     )
     log.info("detect: %d images, %d detections from %d source(s); %d of %d candidates show the target at the threshold",
-             len(images), len(detections), len(cfg.sources), summary["candidates_with_target"], len(candidates))
+             len(images), detections.num_rows, len(cfg.sources), summary["candidates_with_target"], len(candidates))
     return summary

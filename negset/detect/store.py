@@ -176,14 +176,28 @@ def user_model_hits(layout: Layout) -> dict[str, dict]:
     return out
 
 
+def _among(table: pa.Table, shas: set[str]) -> pa.ChunkedArray:
+    """Per row of ``table``: is its sha256 one of ``shas``."""
+    import pyarrow.compute as pc
+
+    return pc.is_in(table.column("sha256"), value_set=pa.array(sorted(shas), pa.string()))
+
+
+def evidence_of(layout: Layout, shas: set[str]) -> list[dict]:
+    """The evidence rows of ``shas`` (in file order)."""
+    t = evidence(layout)
+    return t.filter(_among(t, shas)).to_pylist()
+
+
 def boxes_of(layout: Layout, shas: set[str], min_score: float = 0.0, per_image: int = 8) -> dict[str, list[dict]]:
     """sha256 -> up to ``per_image`` detections (source, class, score, box in pixels), strongest first, for ``shas``."""
     if not has_run(layout) or not shas:
         return {}
-    t = read_detections(layout, ["sha256", "source", "class", "score", "x0", "y0", "x1", "y1"]).to_pylist()
+    t = read_detections(layout, ["sha256", "source", "class", "score", "x0", "y0", "x1", "y1"])
+    t = t.filter(_among(t, shas)).to_pylist()  # the few images asked for, before a Python row is made
     out: dict[str, list[dict]] = defaultdict(list)
     for r in t:
-        if r["sha256"] in shas and r["score"] >= min_score:
+        if r["score"] >= min_score:
             out[r["sha256"]].append(dict(source=r["source"], **{"class": r["class"]}, score=float(r["score"]),
                                          box=[float(r[k]) for k in ("x0", "y0", "x1", "y1")]))
     return {s: sorted(v, key=lambda d: -d["score"])[:per_image] for s, v in out.items()}

@@ -290,8 +290,8 @@ def detections_to_draw(layout: Layout, shas: set[str]) -> dict[str, list[dict]]:
     if not store.has_run(layout):
         return {}
     out = store.boxes_of(layout, shas, BOX_MIN_SCORE, BOXES_PER_IMAGE)
-    for r in store.evidence(layout).to_pylist():
-        if r["sha256"] in shas and r["target_box"] is not None and r["target_score"]:
+    for r in store.evidence_of(layout, shas):
+        if r["target_box"] is not None and r["target_score"]:
             out.setdefault(r["sha256"], []).append(dict(source=r["target_source"], **{"class": r["target_class"]},
                                                         score=float(r["target_score"]), box=list(r["target_box"]), target=True))
     return out
