@@ -74,6 +74,12 @@ def main() -> None:
     ap.add_argument("--regions", type=int, default=None,
                     help="embed.regions for the run (default: params.yaml's, 3 as shipped; 0 = whole images only)")
     args = ap.parse_args()
+    # negset's modules as an installed package has them: compiled (pip compiles a wheel's modules at install; an
+    # editable checkout where PYTHONDONTWRITEBYTECODE is set, as on the CI machine, recompiles them in every process)
+    import compileall
+
+    for package in ("negset", "flows", "tasks"):
+        compileall.compile_dir(REPO / package, quiet=1)
     tmp = Path(tempfile.mkdtemp(prefix="negset-refresh-"))
     root = tmp / "project"
     root.mkdir()

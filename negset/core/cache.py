@@ -54,12 +54,14 @@ class PartCache(Generic[V]):
         self.folder = Path(folder)
         self.format = fmt
         self.rows: dict[str, V] = {}
+        self.parts: list[Path] = []  # the parts read and written (what ``compact`` may merge)
         for part in sorted(self.folder.glob(f"part-*{fmt.suffix}")):
             try:
                 got = fmt.read(part)
             except Exception as exc:  # parts are written atomically; be safe anyway: its items are computed again
                 log.warning("cache: ignoring unreadable %s (%s)", part, exc)
                 continue
+            self.parts.append(part)
             for key, value in got.items():
                 self.rows.setdefault(key, value)
 
@@ -79,7 +81,33 @@ class PartCache(Generic[V]):
         path = self.folder / part_name(rows, self.format.suffix)
         self.format.write(path, rows)
         self.rows.update(rows)
+        self.parts.append(path)
         return path
+
+    def compact(self, most: int = 8) -> int:
+        """Merge every part into one when there are more than ``most``; the number of parts removed.
+
+        A build writes a part per checkpoint and each refresh one more, and every
+        step reads them all: 175 detector parts of 10,000 images took 0.6 s to
+        read, one part 0.2 s. Call it when no other process adds parts to this
+        folder (at the end of a step, after its workers). The merged part is
+        written before the old ones go, so a killed compaction leaves duplicates
+        of equal rows, never a gap. Rows of dicts with different fields (a cache
+        that holds rows of older code too) are left as they are.
+        """
+        if len(self.parts) <= most or not self.rows:
+            return 0
+        values = iter(self.rows.values())
+        first = next(values)
+        if isinstance(first, dict) and any(set(v) != set(first) for v in values):
+            return 0
+        merged = self.add(dict(self.rows))
+        old = [p for p in self.parts if p != merged]
+        for part in old:
+            part.unlink(missing_ok=True)
+        self.parts = [merged]
+        log.debug("cache: %d parts of %s merged into %s", len(old), self.folder, merged.name)
+        return len(old)
 
 
 class RowParts:

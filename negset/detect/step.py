@@ -147,6 +147,7 @@ def _run_detector(det, layout: Layout, images: list[dict], every: int, compute=N
     # every part is read once: the new rows join the cache in memory as they are written (a distributed run's
     # workers wrote parts elsewhere, so the cache was read again after them)
     here = _fill_cache(det, layout, todo, every, cache)
+    cache.compact()  # the next run reads one part, not one per checkpoint
     rejected += here
     elapsed, cpu = time.monotonic() - start, time.process_time() - cpu
     ran = len(todo) - len(here) + elsewhere

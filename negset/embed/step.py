@@ -49,9 +49,10 @@ class EmbeddingParts:
         table = pq.read_table(path)
         dim = table.column("embedding").type.list_size
         vectors = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        vectors = vectors.astype(np.float32, copy=False)  # one array; each row a view of it
         out = {}
         for i, row in enumerate(table.drop_columns(["embedding"]).to_pylist()):
-            row["embedding"] = vectors[i].astype(np.float32)
+            row["embedding"] = vectors[i]
             out[row["sha256"]] = row
         return out
 
@@ -160,6 +161,7 @@ def run(params: Params, layout: Layout, compute=None) -> dict:
         if cfg.regions > 0 and regions.method_for(cfg) == "map":
             sink = regions.MapSink(params, layout, key, images_with_sizes(layout, {im["sha256"] for im in todo}))
         rejected += _embed_into(cache, key, cfg, layout, todo, emb, sink)
+    cache.compact()  # the next run reads one part, not one per checkpoint
     rows = [cache.rows[im["sha256"]] for im in images if im["sha256"] in cache.rows]
     dim = len(rows[0]["embedding"]) if rows else 0
     info = dict(identity, model_hash=key, dim=dim, torch=_version("torch"), timm=_version("timm"))

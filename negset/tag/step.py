@@ -105,6 +105,7 @@ def cached_pixel_stats(layout: Layout, shas: list[str], compute) -> list[dict]:
         for sha, st in zip(todo, pool.map(compute, todo)):
             results[sha] = st
     cache.add({s: r for s, r in results.items() if fields(cache, s, keys) is None})
+    cache.compact()
     log.info("tag: pixel statistics for %d images (%d cached)", len(shas), len(shas) - len(results))
     return [results.get(s) or fields(cache, s, keys) for s in shas]
 
