@@ -4,7 +4,10 @@
 
 Makes a pool of distinct photos (crops of the sample photos) in a source
 folder that git ignores, builds it with `dvc repro` in a temporary git + dvc
-copy of the project, then times a no-op
+project (this repository's params.yaml, examples and negset.lock, with the
+dvc.yaml that `negset init` writes for it: stages that depend on the
+project's data, not on negset's own source folders; `--dev-deps` for this
+repository's dvc.yaml, whose stages depend on negset/ too), then times a no-op
 `dvc repro`, then adds 1% new photos and times the refresh. Stages run with
 NEGSET_NO_PREFECT=1, as in `negset refresh` (each stage through Prefect adds a
 few seconds of flow-run start-up). The 1% target is met when the printed
@@ -71,6 +74,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--new-share", type=float, default=0.01)
     ap.add_argument("--keep", action="store_true", help="keep the temporary project (its path is printed)")
+    ap.add_argument("--dev-deps", action="store_true",
+                    help="dvc.yaml as in this repository: each stage also depends on negset's source folders")
     ap.add_argument("--regions", type=int, default=None,
                     help="embed.regions for the run (default: params.yaml's, 3 as shipped; 0 = whole images only)")
     args = ap.parse_args()
@@ -83,7 +88,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="negset-refresh-"))
     root = tmp / "project"
     root.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "negset.lock", "reviews.csv", "negset", "flows", "tasks", "examples", ".dvcignore"):
+    # a user's project holds its data and settings; with --dev-deps also a copy of negset's code (the stages' deps)
+    code = ("negset", "flows", "tasks", ".dvcignore") if args.dev_deps else ()
+    for name in ("params.yaml", "negset.lock", "reviews.csv", "examples", *code):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
     (root / "data").mkdir()
@@ -98,14 +105,16 @@ def main() -> None:
     params["select"]["count"] = max(8, args.images // 10)
     if args.regions is not None:
         params["embed"]["regions"] = args.regions
-    print(f"pool {args.images} images, embed.regions {params['embed'].get('regions', 0)}", flush=True)
+    print(f"pool {args.images} images, embed.regions {params['embed'].get('regions', 0)}, "
+          f"dvc.yaml {'of this repository (stages depend on negset/)' if args.dev_deps else 'as negset init writes it'}",
+          flush=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # the pool folder is a source: the ingest stage depends on it (as `negset init` writes dvc.yaml)
     sys.path.insert(0, str(REPO))
     from negset.core.config import load_params
     from negset.tools.project import render_dvc_yaml
 
-    (root / "dvc.yaml").write_text(render_dvc_yaml(load_params(root / "params.yaml"), root, dev=True))
+    (root / "dvc.yaml").write_text(render_dvc_yaml(load_params(root / "params.yaml"), root, dev=args.dev_deps))
     # the pool is a source folder outside git (as a real pool would be: a bucket, a share, a dvc-tracked
     # folder): committed, its N photos sat in the git index, which dvc reads for every stage (1 s at 10,000)
     (root / ".gitignore").write_text("/examples/coco-sample/pool/\n")

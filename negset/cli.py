@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -306,7 +307,24 @@ def _quiet_orchestration() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+def _fewer_collections() -> None:
+    """Collect cyclic garbage every 100,000 new objects instead of every 700.
+
+    A step builds rows for every image of the pool (dicts, lists, strings) that
+    live until it ends; with CPython's default threshold the collector re-walks
+    them hundreds of times: at 10,000 images 0.03-0.3 s of each `negset STEP`
+    process, about 0.9 s of a `dvc repro` refresh's seven (measured with gc.callbacks;
+    about 0.3 s after this, most of it while the modules import). The objects alive at start-up (the imported
+    modules) are frozen out of the collector's walks too. Only this command
+    line does so, not ``import negset``.
+    """
+    gc.freeze()
+    threshold, *older = gc.get_threshold()
+    gc.set_threshold(max(threshold, 100_000), *older)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _fewer_collections()
     _quiet_orchestration()
     args = _parser().parse_args(argv)
     _setup_logging(args.quiet)

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel
 
 from negset import __version__
-from negset.core.config import Params
+from negset.core.config import Params, safe_load
 from negset.core.errors import NegsetError
 from negset.pipeline import STEPS
 
@@ -240,7 +240,7 @@ def missing_deps(params: Params, root: Path) -> list[str]:
     root = Path(root)
     path = root / "dvc.yaml"
     try:
-        stages = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages") or {}
+        stages = (safe_load(path.read_text(encoding="utf-8")) or {}).get("stages") or {}  # at each step's start
         wanted = data_deps(params, root)
     except (OSError, yaml.YAMLError, AttributeError, NegsetError):
         return []  # no dvc.yaml (a plain `negset build` project) or a list that ingest will name itself
@@ -273,7 +273,7 @@ def recorded_version(root: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError:
         return ""
     return str(data.get("negset", "")) if isinstance(data, dict) else ""
