@@ -65,3 +65,20 @@ def test_the_same_key_in_two_sections_is_fine(tmp_path):
     path.write_text((REPO / "params.yaml").read_text())
     params = load_params(path)  # seed is in tag.background and in select
     assert params.select.seed == 0 and params.tag.background.seed == 0
+
+
+def test_a_syntax_error_shows_the_offending_line(tmp_path):
+    """params.yaml is parsed with libyaml when PyYAML has it; its error is shown as the pure-Python parser words it."""
+    path = tmp_path / "params.yaml"
+    path.write_text("select:\n  count: [1, 2\n  seed: 3\n")
+    with pytest.raises(NegsetError) as info:
+        load_params(path)
+    text = str(info.value)
+    assert "not valid YAML" in text and "count: [1, 2" in text and "^" in text
+
+
+def test_libyaml_reads_params_as_the_python_parser_does():
+    from negset.core.config import FastSafeLoader
+
+    text = (REPO / "params.yaml").read_text()
+    assert yaml.load(text, Loader=FastSafeLoader) == BASE  # noqa: S506 - a SafeLoader

@@ -142,3 +142,11 @@ def test_step_processes_run_pyarrow_without_pandas(allow):
     assert proc.returncode == 0, proc.stderr[-2000:]
     # pandas stays installed (find_spec sees it) but is not loaded, unless NEGSET_ALLOW_PANDAS=1
     assert proc.stdout.split() == (["True", "False", "True"] if allow == "0" else ["False", "True", "True"])
+
+
+def test_the_command_line_alone_raises_the_collection_threshold():
+    """`negset` collects garbage every 100,000 objects; importing negset leaves the process's collector as it was."""
+    code = ("import gc, negset.cli, negset.pipeline; before = gc.get_threshold()[0]; "
+            "negset.cli._fewer_collections(); print(before, gc.get_threshold()[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert out == ["700", "100000"]
