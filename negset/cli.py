@@ -310,13 +310,13 @@ def _quiet_orchestration() -> None:
 def _fewer_collections() -> None:
     """Collect cyclic garbage every 100,000 new objects instead of every 700.
 
-    A step builds rows for every image of the pool (dicts, lists, strings) that
-    live until it ends; with CPython's default threshold the collector re-walks
-    them hundreds of times: at 10,000 images 0.03-0.3 s of each `negset STEP`
-    process, about 0.9 s of a `dvc repro` refresh's seven (measured with gc.callbacks;
-    about 0.3 s after this, most of it while the modules import). The objects alive at start-up (the imported
-    modules) are frozen out of the collector's walks too. Only this command
-    line does so, not ``import negset``.
+    A step builds rows for every image of the pool (dicts, lists, strings)
+    that live until it ends; with CPython's default threshold the collector
+    re-walks them hundreds of times. At 10,000 images that was 0.03-0.3 s of
+    each `negset STEP` process, 0.93 s of a `dvc repro` refresh's seven, and
+    0.30 s after this, mostly while the modules import (gc.callbacks). The
+    objects alive at start-up (the imported modules) are frozen out of the
+    collector's walks too. Only this command line does so, not ``import negset``.
     """
     gc.freeze()
     threshold, *older = gc.get_threshold()
