@@ -250,8 +250,10 @@ def run(params: Params, layout: Layout) -> dict:
     with_boxes = [(im["sha256"], found) for im in images if (found := box_source(im)) is not None]
     occluded = dict(zip((s for s, _ in with_boxes), occlusions([f for _, f in with_boxes], cfg.occlusion)))
 
-    rows = []
-    for im, st in zip(images, stats):
+    # one list per column, filled as each image's row is made (10,000 rows of 46 fields read back out of
+    # scattered dicts by Table.from_pylist took 0.45 s in the step; column lists 0.1 s); in sha256 order
+    columns: dict[str, list] = {}
+    for im, st in sorted(zip(images, stats), key=lambda pair: pair[0]["sha256"]):
         sha = im["sha256"]
         i = index[sha]
         cluster = int(labels[i])
@@ -285,38 +287,38 @@ def run(params: Params, layout: Layout) -> dict:
             share = None
             occ_tag = ("unknown", "computed", 0.0)
         occlusion = choose((mine["occlusion"], "user", 1.0) if "occlusion" in mine else None, occ_tag)
-        rows.append(
-            dict(
-                sha256=sha,
-                lighting=lighting[0],
-                lighting_source=lighting[1],
-                lighting_confidence=lighting[2],
-                lighting_computed=light,
-                lighting_basis=basis,
-                color_temperature=color_temperature(st, cfg.lighting),
-                time_of_day=None if st.get("exif_hour") is None else "night" if is_night(st["exif_hour"], cfg.lighting.exif) else "day",
-                background=background[0],
-                background_source=background[1],
-                background_confidence=background[2],
-                background_cluster=cluster,
-                background_computed=names[cluster],
-                background_similarity=float(sims[i, cluster]),
-                background_margin=float(margins[i]),
-                background_scene=pan.scene if pan is not None else None,
-                background_stuff=pan.stuff if pan is not None else None,
-                scene=scene_of_image.get(sha, (None,))[0],
-                indoor_outdoor=scene_of_image.get(sha, (None, None))[1],
-                indoor_outdoor_confidence=scene_of_image.get(sha, (None, None, None))[2],
-                occlusion=occlusion[0],
-                occlusion_source=occlusion[1],
-                occlusion_confidence=occlusion[2],
-                occluded_share=share,
-                detected_objects=len(detected[sha][0]) if sha in detected else len(from_detect[sha][0]) if sha in from_detect else None,
-                **st,
-            )
+        row = dict(
+            sha256=sha,
+            lighting=lighting[0],
+            lighting_source=lighting[1],
+            lighting_confidence=lighting[2],
+            lighting_computed=light,
+            lighting_basis=basis,
+            color_temperature=color_temperature(st, cfg.lighting),
+            time_of_day=None if st.get("exif_hour") is None else "night" if is_night(st["exif_hour"], cfg.lighting.exif) else "day",
+            background=background[0],
+            background_source=background[1],
+            background_confidence=background[2],
+            background_cluster=cluster,
+            background_computed=names[cluster],
+            background_similarity=float(sims[i, cluster]),
+            background_margin=float(margins[i]),
+            background_scene=pan.scene if pan is not None else None,
+            background_stuff=pan.stuff if pan is not None else None,
+            scene=scene_of_image.get(sha, (None,))[0],
+            indoor_outdoor=scene_of_image.get(sha, (None, None))[1],
+            indoor_outdoor_confidence=scene_of_image.get(sha, (None, None, None))[2],
+            occlusion=occlusion[0],
+            occlusion_source=occlusion[1],
+            occlusion_confidence=occlusion[2],
+            occluded_share=share,
+            detected_objects=len(detected[sha][0]) if sha in detected else len(from_detect[sha][0]) if sha in from_detect else None,
+            **st,
         )
-    rows.sort(key=lambda r: r["sha256"])
-    atomic.write_parquet(pa.Table.from_pylist(rows, schema=_schema(rows)), layout.tags / "tags.parquet")
+        for name, value in row.items():
+            columns.setdefault(name, []).append(value)
+    atomic.write_parquet(_columns_table(columns), layout.tags / "tags.parquet")
+    n = len(columns.get("sha256", ()))
     clusters = [
         dict(cluster=j, name=names[j], size=int((labels == j).sum())) for j in sorted(names)
     ]
@@ -324,12 +326,10 @@ def run(params: Params, layout: Layout) -> dict:
         layout.tags / "clusters.json",
         dict(k=int(len(centers)), seed=cfg.background.seed, refit=refit, model_hash=model_hash, clusters=clusters),
     )
-    counts = defaultdict(int)
-    for r in rows:
-        counts[r["lighting"]] += 1
-    sources = {t: dict(sorted(Counter(r[f"{t}_source"] for r in rows).items())) for t in ("lighting", "background", "occlusion")}
-    log.info("tag: %d images, %d background clusters, lighting %s, sources %s", len(rows), len(centers), dict(counts), sources)
-    return dict(images=len(rows), clusters=len(centers), sources=sources)
+    counts = Counter(columns.get("lighting", ()))
+    sources = {t: dict(sorted(Counter(columns.get(f"{t}_source", ())).items())) for t in ("lighting", "background", "occlusion")}
+    log.info("tag: %d images, %d background clusters, lighting %s, sources %s", n, len(centers), dict(counts), sources)
+    return dict(images=n, clusters=len(centers), sources=sources)
 
 
 _TYPES = {
@@ -339,6 +339,17 @@ _TYPES = {
     "detected_objects": pa.int32(), "time_of_day": pa.string(),
     "scene": pa.string(), "indoor_outdoor": pa.string(), "indoor_outdoor_confidence": pa.float64(),
 }
+
+
+def _columns_table(columns: dict[str, list]) -> pa.Table:
+    """The tags table from one list per column (every list one value per image)."""
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:  # a row without a field would shift every later value of that column
+        raise ValueError(f"tag: columns of unequal length {sorted(lengths)}")
+    schema = _schema([{name: values[0] for name, values in columns.items()}] if lengths - {0} else [])
+    if schema is None:
+        return pa.table({})
+    return pa.Table.from_arrays([pa.array(columns[f.name], f.type) for f in schema], schema=schema)
 
 
 def _schema(rows: list[dict]) -> pa.Schema | None:

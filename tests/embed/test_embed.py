@@ -189,8 +189,8 @@ def test_cached_onnx_export_embeds_without_torch_and_equals_torch(tmp_path, embe
     assert cached_onnx_embedder(cfg, layout, "0" * 16) is None
 
 
-def test_embeddings_file_stores_vectors_byte_split_and_reads_them_back_exactly(tmp_path):
-    """Vector columns skip dictionary encoding and use BYTE_STREAM_SPLIT; the values survive exactly."""
+def test_embeddings_file_stores_vectors_plain_and_reads_them_back_exactly(tmp_path):
+    """Vector columns are stored plain (no dictionary, no compression); other columns keep both; values survive."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -206,9 +206,11 @@ def test_embeddings_file_stores_vectors_byte_split_and_reads_them_back_exactly(t
     atomic.write_parquet(table, layout.embed / "embeddings.parquet")
     meta = pq.ParquetFile(layout.embed / "embeddings.parquet").metadata.row_group(0)
     encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
-    assert "BYTE_STREAM_SPLIT" in encodings["embedding.list.element"]
+    compression = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
     assert not any("DICTIONARY" in e for e in encodings["embedding.list.element"])
+    assert compression["embedding.list.element"] == "UNCOMPRESSED"
     assert any("DICTIONARY" in e for e in encodings["top5.list.element"])  # other columns keep it
+    assert compression["top5.list.element"] == compression["sha256"] == "ZSTD"
     got_shas, got = read_embeddings(layout)
     assert got_shas == shas and np.array_equal(got, vectors)
     assert not got.flags.writeable  # shared between callers in one process

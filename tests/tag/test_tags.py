@@ -114,6 +114,24 @@ def test_tag_step_on_the_sample(project):
     assert no_boxes and all(r["occlusion"] == "none" for r in no_boxes)
 
 
+def test_tags_table_from_columns_matches_rows_and_refuses_a_short_column():
+    """The tag step's column lists make the table its rows made (types of all-null columns included)."""
+    import pyarrow as pa
+    import pytest
+
+    rows = [dict(sha256="b", lighting="dark", exif_hour=None, background_scene=None, x=1.5),
+            dict(sha256="a", lighting="normal", exif_hour=None, background_scene=None, x=None)]
+    columns = {name: [r[name] for r in rows] for name in rows[0]}
+    table = tags._columns_table(columns)
+    assert table.equals(pa.Table.from_pylist(rows, schema=tags._schema(rows)))
+    assert table.schema.field("exif_hour").type == pa.int32()  # null for every image, still its stable type
+    assert table.column("x").to_pylist() == [1.5, None]
+    assert tags._columns_table({}).num_columns == 0
+    columns["x"].pop()
+    with pytest.raises(ValueError, match="unequal length"):
+        tags._columns_table(columns)
+
+
 def test_tags_of_old_images_stay_when_new_images_arrive(project):
     from PIL import ImageOps
 
