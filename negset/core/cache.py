@@ -34,7 +34,7 @@ V = TypeVar("V")
 class PartFormat(Protocol[V]):
     """How one part file holds {key: value}."""
 
-    suffix: str  # the file extension, with its dot
+    suffix: str  # the file extension, with its dot (a format may also read ``legacy_suffixes``)
 
     def write(self, path: Path, rows: Mapping[str, V]) -> None: ...
 
@@ -55,7 +55,8 @@ class PartCache(Generic[V]):
         self.format = fmt
         self.rows: dict[str, V] = {}
         self.parts: list[Path] = []  # the parts read and written (what ``compact`` may merge)
-        for part in sorted(self.folder.glob(f"part-*{fmt.suffix}")):
+        suffixes = (fmt.suffix, *getattr(fmt, "legacy_suffixes", ()))  # parts older versions wrote, still read
+        for part in sorted(p for p in self.folder.glob("part-*") if p.suffix in suffixes):
             try:
                 got = fmt.read(part)
             except Exception as exc:  # parts are written atomically; be safe anyway: its items are computed again
@@ -85,7 +86,7 @@ class PartCache(Generic[V]):
         return path
 
     def compact(self, most: int = 8) -> int:
-        """Merge every part into one when there are more than ``most``; the number of parts removed.
+        """Merge every part into one when there are more than ``most`` (or any in a legacy format); the number removed.
 
         A build writes a part per checkpoint and each refresh one more, and every
         step reads them all: 175 detector parts of 10,000 images took 0.6 s to
@@ -95,7 +96,8 @@ class PartCache(Generic[V]):
         of equal rows, never a gap. Rows of dicts with different fields (a cache
         that holds rows of older code too) are left as they are.
         """
-        if len(self.parts) <= most or not self.rows:
+        legacy = any(p.suffix != self.format.suffix for p in self.parts)  # rewritten in the current format
+        if (len(self.parts) <= most and not legacy) or not self.rows:
             return 0
         values = iter(self.rows.values())
         first = next(values)

@@ -90,6 +90,32 @@ def test_embedding_parts_round_trip_exactly(tmp_path):
         assert (got[s]["top1"], got[s]["top5"]) == (r["top1"], r["top5"])
 
 
+def test_embedding_parts_keep_missing_classifier_fields_and_read_older_parquet_parts(tmp_path):
+    """No top-1 (an embedder without a classifier head) survives the .npz part as None; a Parquet part of an
+    older version is still read, and the first compaction rewrites it in the current format."""
+    import pyarrow as pa
+
+    from negset.core import atomic
+    from negset.embed.step import _rows_table
+
+    layout = Layout.at(tmp_path)
+    v = np.arange(8, dtype=np.float32)
+    cache = embedding_cache(layout, "k")
+    cache.add({"a": dict(sha256="a", embedding=v, top1=None, top1_prob=None, top5=[])})
+    old = dict(sha256="b", embedding=v + 1, top1=7, top1_prob=0.25, top5=[7, 1])
+    atomic.write_parquet(_rows_table([old], 8), cache.folder / "part-0000000000000000-legacy.parquet")
+    assert pa.types.is_fixed_size_list(pa.parquet.read_schema(cache.folder / "part-0000000000000000-legacy.parquet")
+                                       .field("embedding").type)
+    again = embedding_cache(layout, "k")
+    assert again.rows["a"]["top1"] is None and again.rows["a"]["top1_prob"] is None and again.rows["a"]["top5"] == []
+    assert np.array_equal(again.rows["b"]["embedding"], v + 1)
+    assert (again.rows["b"]["top1"], again.rows["b"]["top1_prob"], again.rows["b"]["top5"]) == (7, 0.25, [7, 1])
+    assert again.compact() == 2  # two parts, one of them Parquet: merged although under the limit of 8
+    assert [p.suffix for p in again.folder.iterdir()] == [".npz"]
+    merged = embedding_cache(layout, "k").rows
+    assert set(merged) == {"a", "b"} and merged["b"]["top5"] == [7, 1] and merged["a"]["top1"] is None
+
+
 def test_region_parts_keep_items_without_crops(tmp_path):
     layout = Layout.at(tmp_path)
     vec = np.arange(24, dtype=np.float16).reshape(3, 8)

@@ -80,13 +80,13 @@ def test_killed_embed_resumes_without_re_embedding(project):
     env = dict(os.environ, NEGSET_NO_PREFECT="1")
     proc = subprocess.Popen([str(BIN / "negset"), "embed"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(cache.glob("*/part-*.parquet"))) < 3:
+    while time.monotonic() < deadline and len(list(cache.glob("*/part-*.npz"))) < 3:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    parts = list(cache.glob("*/part-*.parquet"))
+    parts = list(cache.glob("*/part-*.npz"))
     assert len(parts) >= 3, "the embed step should have checkpointed before it was killed"
-    done_before = sum(pq.read_metadata(p).num_rows for p in parts)
+    done_before = sum(len(np.load(p)["keys"]) for p in parts)
     assert 0 < done_before < 33
     assert not (project / "data" / "embed" / "embeddings.parquet").exists()  # never half-written
     summary = run_step("embed", project / "params.yaml")

@@ -189,6 +189,33 @@ def test_cached_onnx_export_embeds_without_torch_and_equals_torch(tmp_path, embe
     assert cached_onnx_embedder(cfg, layout, "0" * 16) is None
 
 
+def test_later_steps_map_vectors_npy_only_while_it_is_the_array_the_parquet_file_names(tmp_path, caplog):
+    """embed writes vectors.npy beside embeddings.parquet (same vectors, same order; its digest in the Parquet
+    metadata); read_embeddings maps it, and reads the Parquet column when the array is not the one named."""
+    import pyarrow.parquet as pq
+
+    layout = Layout.at(tmp_path)
+    rng = np.random.default_rng(1)
+    rows = [dict(sha256=f"{i:064x}", embedding=rng.standard_normal(16).astype(np.float32), top1=i, top1_prob=0.5,
+                 top5=[i, 1, 2, 3, 4]) for i in range(20)]
+    embed.write_embeddings(layout, rows, 16)
+    vectors = np.stack([r["embedding"] for r in rows])
+    assert np.array_equal(np.load(layout.embed / "vectors.npy"), vectors)
+    column = pq.read_table(layout.embed / "embeddings.parquet").column("embedding").to_pylist()
+    assert np.array_equal(np.asarray(column, np.float32), vectors)  # the catalog's table keeps the vectors
+    shas, got = read_embeddings(layout)
+    assert shas == [r["sha256"] for r in rows] and np.array_equal(got, vectors) and not got.flags.writeable
+    assert isinstance(got.base, np.memmap) or isinstance(got, np.memmap)  # mapped, not decoded
+    # vectors.npy replaced by other code (same shape, other values): not used, and said
+    atomic.write_npy(layout.embed / "vectors.npy", 2 * vectors)
+    with caplog.at_level("WARNING", logger="negset.embed"):
+        shas, got = read_embeddings(layout)
+    assert np.array_equal(got, vectors) and "vectors.npy is not the array" in caplog.text
+    # a missing vectors.npy: the Parquet column
+    (layout.embed / "vectors.npy").unlink()
+    assert np.array_equal(read_embeddings(layout)[1], vectors)
+
+
 def test_embeddings_file_stores_vectors_plain_and_reads_them_back_exactly(tmp_path):
     """Vector columns are stored plain (no dictionary, no compression); other columns keep both; values survive."""
     import pyarrow as pa

@@ -184,7 +184,7 @@ def test_report_reads_select_scores_not_the_embeddings(built):
     from tests.core.test_layering import stage_code
 
     before = html_of(built)
-    for name in ("embeddings.parquet", "regions.parquet", "regions.npy"):
+    for name in ("embeddings.parquet", "vectors.npy", "regions.parquet", "regions.npy"):
         (built / "data" / "embed" / name).unlink(missing_ok=True)
     negset(built, "-q", "report")
     assert html_of(built) == before
