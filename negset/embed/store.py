@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 from negset.core import parquet as pq
-from negset.core.errors import NegsetError
+from negset.core.errors import NegsetError, damaged_input, missing_input
 from negset.core.layout import Layout
 
 
@@ -24,44 +23,38 @@ _EMBEDDINGS_READ: dict = {}
 VECTORS_FILE = "vectors.npy"  # the whole-image vectors as one float32 array, rows in embeddings.parquet's order
 VECTORS_DIGEST = b"vectors_sha256"  # embeddings.parquet's schema metadata: sha256 of vectors.npy's array bytes
 
-log = logging.getLogger("negset.embed")
-
 
 def vectors_digest(vectors: np.ndarray) -> str:
     """sha256 of a C-contiguous float32 array's bytes (0.03 s for 10,000 x 1,280)."""
-    return hashlib.sha256(memoryview(np.ascontiguousarray(vectors, np.float32)).cast("B")).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(vectors, np.float32).reshape(-1).view(np.uint8)).hexdigest()
 
 
-def _mapped_vectors(layout: Layout, metadata: dict | None, rows: int) -> np.ndarray | None:
-    """vectors.npy as a read-only memory map when it is the array embeddings.parquet names, else None.
-
-    The embed step writes both; the digest in the Parquet file's metadata ties
-    them. A file written by other code (no digest) or a vectors.npy that does
-    not match is not used: the Parquet column is the record.
-    """
-    digest = (metadata or {}).get(VECTORS_DIGEST)
+def _mapped_vectors(layout: Layout, digest: bytes, rows: int) -> np.ndarray:
+    """vectors.npy as a read-only memory map, checked against the digest embeddings.parquet records."""
     path = layout.embed / VECTORS_FILE
-    if digest is None or not path.exists():
-        return None
+    if not path.exists():
+        raise missing_input(path)
     try:
         vectors = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        log.warning("%s unreadable (%s): reading the vectors from embeddings.parquet", path, exc)
-        return None
-    if vectors.dtype != np.float32 or vectors.ndim != 2 or len(vectors) != rows or vectors_digest(vectors) != digest.decode():
-        log.warning("%s is not the array embeddings.parquet was written with: reading the vectors from the Parquet file", path)
-        return None
+        raise damaged_input(path, str(exc)) from None
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or len(vectors) != rows:
+        raise damaged_input(path, f"{vectors.dtype} {vectors.shape}, embeddings.parquet has {rows} rows of float32 vectors")
+    if vectors_digest(vectors) != digest.decode():
+        raise damaged_input(path, "not the array embeddings.parquet was written with (sha256 differs)")
     return np.asarray(vectors)
 
 
 def read_embeddings(layout: Layout) -> tuple[list[str], np.ndarray]:
-    """(sha256 per row, float32 vectors) of ``data/embed/embeddings.parquet``.
+    """(sha256 per row, float32 vectors) of ``data/embed/``: embeddings.parquet's rows, vectors.npy's array.
 
-    The vectors come from ``vectors.npy`` beside it (a memory map: decoding
-    the Parquet column and copying it out took 0.25-0.9 s at 10,000 images in
-    each of tag and select, the map and its digest check 0.05 s), else from the
-    Parquet file's ``embedding`` column. They are read once per process while
-    the files are unchanged and are read-only: callers that change them take a copy.
+    The vectors are a memory map of ``vectors.npy``, whose sha256 the Parquet
+    file's metadata records (the map and that check take 0.05 s at 10,000
+    images; decoding a Parquet vector column and copying it out took
+    0.25-0.9 s in each of tag and select). A file of an older version (or
+    other code) without that digest has the vectors in its ``embedding``
+    column, which is read instead. They are read once per process while the
+    files are unchanged and are read-only: callers that change them take a copy.
     """
     path = layout.embed / "embeddings.parquet"
     npy = layout.embed / VECTORS_FILE
@@ -71,17 +64,17 @@ def read_embeddings(layout: Layout) -> tuple[list[str], np.ndarray]:
            npy_st and (npy_st.st_size, npy_st.st_mtime_ns, npy_st.st_ino))
     if key not in _EMBEDDINGS_READ:
         t = pq.read_table(path, columns=["sha256"])
-        vectors = _mapped_vectors(layout, t.schema.metadata, t.num_rows)
-        if vectors is None:
+        digest = (t.schema.metadata or {}).get(VECTORS_DIGEST)
+        if digest is not None:
+            vectors = _mapped_vectors(layout, digest, t.num_rows)
+        else:
             t = pq.read_table(path, columns=["sha256", "embedding"])
-        shas = t.column("sha256").to_pylist()
-        if vectors is None:
             col = t.column("embedding").combine_chunks()
             dim = col.type.list_size
             vectors = col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
             vectors.flags.writeable = False
         _EMBEDDINGS_READ.clear()
-        _EMBEDDINGS_READ[key] = (shas, vectors)
+        _EMBEDDINGS_READ[key] = (t.column("sha256").to_pylist(), vectors)
     shas, vectors = _EMBEDDINGS_READ[key]
     return list(shas), vectors
 

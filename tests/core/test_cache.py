@@ -96,16 +96,15 @@ def test_embedding_parts_keep_missing_classifier_fields_and_read_older_parquet_p
     import pyarrow as pa
 
     from negset.core import atomic
-    from negset.embed.step import _rows_table
 
     layout = Layout.at(tmp_path)
     v = np.arange(8, dtype=np.float32)
     cache = embedding_cache(layout, "k")
     cache.add({"a": dict(sha256="a", embedding=v, top1=None, top1_prob=None, top5=[])})
-    old = dict(sha256="b", embedding=v + 1, top1=7, top1_prob=0.25, top5=[7, 1])
-    atomic.write_parquet(_rows_table([old], 8), cache.folder / "part-0000000000000000-legacy.parquet")
-    assert pa.types.is_fixed_size_list(pa.parquet.read_schema(cache.folder / "part-0000000000000000-legacy.parquet")
-                                       .field("embedding").type)
+    legacy = pa.table({"sha256": ["b"], "embedding": pa.FixedSizeListArray.from_arrays(pa.array(v + 1), 8),
+                       "top1": pa.array([7], pa.int16()), "top1_prob": pa.array([0.25], pa.float32()),
+                       "top5": pa.array([[7, 1]], pa.list_(pa.int16()))})  # the columns older versions wrote
+    atomic.write_parquet(legacy, cache.folder / "part-0000000000000000-legacy.parquet")
     again = embedding_cache(layout, "k")
     assert again.rows["a"]["top1"] is None and again.rows["a"]["top1_prob"] is None and again.rows["a"]["top5"] == []
     assert np.array_equal(again.rows["b"]["embedding"], v + 1)

@@ -189,9 +189,9 @@ def test_cached_onnx_export_embeds_without_torch_and_equals_torch(tmp_path, embe
     assert cached_onnx_embedder(cfg, layout, "0" * 16) is None
 
 
-def test_later_steps_map_vectors_npy_only_while_it_is_the_array_the_parquet_file_names(tmp_path, caplog):
-    """embed writes vectors.npy beside embeddings.parquet (same vectors, same order; its digest in the Parquet
-    metadata); read_embeddings maps it, and reads the Parquet column when the array is not the one named."""
+def test_vectors_are_one_mapped_array_that_embeddings_parquet_names_by_digest(tmp_path):
+    """embed writes the vectors as vectors.npy (rows in embeddings.parquet's order, its sha256 in the Parquet
+    metadata, no vector column); read_embeddings maps it, and a missing or replaced array is a one-line error."""
     import pyarrow.parquet as pq
 
     layout = Layout.at(tmp_path)
@@ -201,23 +201,30 @@ def test_later_steps_map_vectors_npy_only_while_it_is_the_array_the_parquet_file
     embed.write_embeddings(layout, rows, 16)
     vectors = np.stack([r["embedding"] for r in rows])
     assert np.array_equal(np.load(layout.embed / "vectors.npy"), vectors)
-    column = pq.read_table(layout.embed / "embeddings.parquet").column("embedding").to_pylist()
-    assert np.array_equal(np.asarray(column, np.float32), vectors)  # the catalog's table keeps the vectors
+    table = pq.read_table(layout.embed / "embeddings.parquet")
+    assert table.column_names == ["sha256", "top1", "top1_prob", "top5"]
+    assert table.column("top5").to_pylist()[3] == [3, 1, 2, 3, 4]
     shas, got = read_embeddings(layout)
     assert shas == [r["sha256"] for r in rows] and np.array_equal(got, vectors) and not got.flags.writeable
-    assert isinstance(got.base, np.memmap) or isinstance(got, np.memmap)  # mapped, not decoded
-    # vectors.npy replaced by other code (same shape, other values): not used, and said
+    assert isinstance(got.base, np.memmap)  # mapped, not decoded
+    # vectors.npy replaced by other code (same shape, other values): refused, naming the file and the step
     atomic.write_npy(layout.embed / "vectors.npy", 2 * vectors)
-    with caplog.at_level("WARNING", logger="negset.embed"):
-        shas, got = read_embeddings(layout)
-    assert np.array_equal(got, vectors) and "vectors.npy is not the array" in caplog.text
-    # a missing vectors.npy: the Parquet column
+    with pytest.raises(NegsetError) as err:
+        read_embeddings(layout)
+    assert err.value.message.startswith(f"{layout.embed / 'vectors.npy'}: damaged or not the expected format")
+    assert "sha256 differs" in err.value.message and err.value.hint == "run `negset embed` again to rebuild it"
     (layout.embed / "vectors.npy").unlink()
-    assert np.array_equal(read_embeddings(layout)[1], vectors)
+    with pytest.raises(NegsetError) as err:
+        read_embeddings(layout)
+    assert err.value.message.startswith(f"{layout.embed / 'vectors.npy'}: missing; the 'embed' step has not run")
+    # no images: an empty array of the model's width
+    embed.write_embeddings(layout, [], 16)
+    assert read_embeddings(layout)[1].shape == (0, 16)
 
 
 def test_embeddings_file_stores_vectors_plain_and_reads_them_back_exactly(tmp_path):
-    """Vector columns are stored plain (no dictionary, no compression); other columns keep both; values survive."""
+    """Vector columns are stored plain (no dictionary, no compression); other columns keep both; values survive.
+    (An embeddings.parquet of an older version, with its vector column and no vectors.npy, is read the same.)"""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
