@@ -524,9 +524,6 @@ def embed_files(emb: Embedder, paths: list[Path], batch_size: int, threads: int 
             yield ahead.popleft().result()
 
 
-CACHE_SCHEMA_FIELDS = ("sha256", "embedding", "top1", "top1_prob", "top5")
-
-
 def model_hash(emb: Embedder) -> str:
     """Identity of the vectors: model, weights and preprocessing (the cache key)."""
     return identity_hash(emb.identity())
